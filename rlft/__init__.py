@@ -1,0 +1,44 @@
+"""rlft: post-training for transformer language models, a drop-in for the TRL 0.7 API.
+
+Names are resolved on first use, so ``import rlft`` is quick and never fails
+because an optional extra (diffusers for DDPO) is missing; using such a name
+without its extra raises an ImportError that says which extra to install.
+"""
+
+from __future__ import annotations
+
+from ._lazy import lazy_exports
+
+__version__ = "0.1.0"
+
+#: public name -> module that defines it (relative to this package).
+_EXPORTS: dict[str, str] = {
+    "set_seed": ".core",
+    "PreTrainedModelWrapper": ".models",
+    "AutoModelForCausalLMWithValueHead": ".models",
+    "AutoModelForSeq2SeqLMWithValueHead": ".models",
+    "create_reference_model": ".models",
+    "SUPPORTED_ARCHITECTURES": ".models",
+    "is_peft_available": ".import_utils",
+    "is_diffusers_available": ".import_utils",
+    "is_wandb_available": ".import_utils",
+    "is_bitsandbytes_available": ".import_utils",
+    "is_xpu_available": ".import_utils",
+    "is_npu_available": ".import_utils",
+    "PPOConfig": ".trainer.ppo_config",
+    "PPOTrainer": ".trainer.ppo_trainer",
+    "RewardConfig": ".trainer.reward_config",
+    "RewardTrainer": ".trainer.reward_trainer",
+    "SFTTrainer": ".trainer.sft_trainer",
+    "IterativeSFTTrainer": ".trainer.iterative_sft_trainer",
+    "DataCollatorForCompletionOnlyLM": ".data.sft",
+    "DPOTrainer": ".trainer.dpo_trainer",
+    "DDPOConfig": ".trainer.ddpo_config",
+    "DDPOTrainer": ".trainer.ddpo_trainer",
+    "BestOfNSampler": ".extras.best_of_n_sampler",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

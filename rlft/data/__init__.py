@@ -1,0 +1,1 @@
+"""Tokenising, collating and packing for the trainers."""

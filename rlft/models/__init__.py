@@ -1,0 +1,26 @@
+"""`rlft.models`: value-head wrappers and reference models (TRL's ``trl.models``)."""
+
+from .modeling_base import PreTrainedModelWrapper, create_reference_model
+from .modeling_value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead, ValueHead
+
+SUPPORTED_ARCHITECTURES = (AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead)
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "AutoModelForCausalLMWithValueHead",
+    "AutoModelForSeq2SeqLMWithValueHead",
+    "PreTrainedModelWrapper",
+    "ValueHead",
+    "create_reference_model",
+]
+
+# DDPO pipelines need the optional diffusers extra: resolved on first use.
+from .._lazy import lazy_exports as _lazy_exports  # noqa: E402
+
+_LAZY = {
+    "DDPOPipelineOutput": ".modeling_sd_base",
+    "DDPOSchedulerOutput": ".modeling_sd_base",
+    "DDPOStableDiffusionPipeline": ".modeling_sd_base",
+    "DefaultDDPOStableDiffusionPipeline": ".modeling_sd_base",
+}
+__getattr__, __dir__ = _lazy_exports(__name__, _LAZY, globals())

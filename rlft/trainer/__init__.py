@@ -1,0 +1,31 @@
+"""`rlft.trainer`: the trainers and their configs (TRL's ``trl.trainer``), resolved lazily."""
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    # PPO
+    "PPOConfig": ".ppo_config",
+    "PPOTrainer": ".ppo_trainer",
+    "AdaptiveKLController": ".kl_control",
+    "FixedKLController": ".kl_control",
+    "BaseTrainer": ".base",
+    # supervised
+    "SFTTrainer": ".sft_trainer",
+    "RewardConfig": ".reward_config",
+    "RewardTrainer": ".reward_trainer",
+    "IterativeSFTTrainer": ".iterative_sft_trainer",
+    "ConstantLengthDataset": "rlft.data.sft",
+    "DataCollatorForCompletionOnlyLM": "rlft.data.sft",
+    "RewardDataCollatorWithPadding": "rlft.data.reward",
+    # DPO
+    "DPOTrainer": ".dpo_trainer",
+    "DPODataCollatorWithPadding": "rlft.data.dpo",
+    # DDPO (needs the diffusers extra)
+    "DDPOConfig": ".ddpo_config",
+    "DDPOTrainer": ".ddpo_trainer",
+    "DDPOStableDiffusionPipeline": "rlft.models.modeling_sd_base",
+    "DefaultDDPOStableDiffusionPipeline": "rlft.models.modeling_sd_base",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

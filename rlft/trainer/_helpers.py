@@ -1,0 +1,38 @@
+"""Small trainer helpers TRL 0.7.10 exported from ``trl.trainer.utils``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def disable_dropout_in_model(model: nn.Module) -> None:
+    """Set p=0 on every ``nn.Dropout`` in ``model`` (RL fine-tuning wants deterministic forwards)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def exact_div(a: int, b: int, what: str = "") -> int:
+    """a // b, raising ValueError when b does not divide a (naming ``what`` when given)."""
+    if b == 0 or a % b != 0:
+        raise ValueError(f"{what + ': ' if what else ''}{a} is not a multiple of {b}")
+    return a // b
+
+
+def pad(tensors: list[Tensor], padding_value: int | float = 0, padding_side: str = "right") -> Tensor:
+    """Stack tensors of different shapes into one, padding each dimension to the largest size.
+
+    tensors: list of (L_i, ...) with equal rank. Returns (n, max L, ...).
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    shape = [len(tensors)] + [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
+    out = torch.full(shape, padding_value, dtype=tensors[0].dtype, device=tensors[0].device)
+    for i, t in enumerate(tensors):
+        if padding_side == "left":
+            index = tuple(slice(s - n, s) for s, n in zip(shape[1:], t.shape))
+        else:
+            index = tuple(slice(0, n) for n in t.shape)
+        out[(i,) + index] = t
+    return out
