@@ -1,0 +1,48 @@
+"""RewardConfig: TrainingArguments plus the reward trainer's own fields."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .._compat import translate_training_arguments
+
+
+@dataclass
+class RewardConfig(TrainingArguments):
+    """Training arguments of `RewardTrainer` (a ``transformers.TrainingArguments``).
+
+    Accepts every field of today's TrainingArguments, plus the TRL 0.7 / transformers 4
+    spellings listed in ``rlft._compat`` (mapped with one warning each).
+    """
+
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest pair side, in tokens. Longer pairs are dropped (and counted) before training; needed by the default collator."},
+    )
+    gradient_checkpointing: bool = field(
+        default=True,
+        metadata={"help": "Recompute activations in the backward pass to save memory, at the cost of speed (TRL 0.7 default: True)."},
+    )
+
+    def __post_init__(self):
+        if self.max_length is not None and self.max_length <= 0:
+            raise ValueError(f"RewardConfig.max_length must be a positive number of tokens or None, got {self.max_length}")
+        # transformers 5 renamed gradient_checkpointing to activation_checkpointing; the TRL
+        # spelling is this config's documented field, so resolve it here without a warning.
+        if self.activation_checkpointing is None and self.gradient_checkpointing is not None:
+            self.activation_checkpointing = self.gradient_checkpointing
+        super().__post_init__()
+
+
+_dataclass_init = RewardConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_accepting_old_spellings(self, *args, **kwargs):
+    _dataclass_init(self, *args, **translate_training_arguments(kwargs, "RewardConfig"))
+
+
+RewardConfig.__init__ = _init_accepting_old_spellings

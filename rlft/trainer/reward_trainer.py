@@ -1,0 +1,200 @@
+"""RewardTrainer: train a scalar reward model on pairs of (chosen, rejected) sequences."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+
+from .._compat import resolve_processing_class
+from ..data.reward import REWARD_COLUMNS, RewardDataCollatorWithPadding, compute_accuracy
+from ..functional.reward import pairwise_reward_loss
+from .reward_config import RewardConfig
+
+#: Optional per-pair column: how much r_chosen should exceed r_rejected (Llama 2 reward loss).
+MARGIN_COLUMN = "margin"
+
+
+class RewardTrainer(Trainer):
+    """Train a reward model (recommended: ``AutoModelForSequenceClassification`` with ``num_labels=1``).
+
+    The dataset holds tokenised preference pairs in the columns ``input_ids_chosen``,
+    ``attention_mask_chosen``, ``input_ids_rejected`` and ``attention_mask_rejected``, plus an
+    optional ``margin`` column. The loss is ``-logsigmoid(r_chosen - r_rejected - margin)``
+    (`rlft.functional.reward.pairwise_reward_loss`); evaluation reports pairwise accuracy.
+
+    Parameters (as in TRL 0.7.10, plus ``processing_class``, transformers 5's name for ``tokenizer``):
+        model: the reward model (PreTrainedModel or nn.Module) giving one logit per sequence.
+        args: a `RewardConfig` (a plain ``TrainingArguments`` is accepted; ``max_length`` then
+            comes from this trainer's ``max_length``). Default: ``RewardConfig("trainer_output")``.
+        data_collator: default `RewardDataCollatorWithPadding` (needs a tokenizer with a pad token).
+        train_dataset, eval_dataset: tokenised pair datasets (eval may be a dict of datasets).
+        tokenizer: TRL 0.7's name for ``processing_class`` (mapped with one warning).
+        model_init, compute_metrics (default `compute_accuracy`), callbacks, optimizers,
+        preprocess_logits_for_metrics: as in ``transformers.Trainer``.
+        max_length: deprecated in TRL 0.7 in favour of ``RewardConfig.max_length``; pairs with a
+            side longer than this are dropped before training, and the count is reported.
+        peft_config: a ``peft.PeftConfig``; the model is wrapped with ``get_peft_model``.
+        processing_class: the tokenizer.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | None = None,
+        args: RewardConfig | TrainingArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        tokenizer: Any = None,
+        model_init: Callable[[], PreTrainedModel] | None = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        preprocess_logits_for_metrics: Callable | None = None,
+        max_length: int | None = None,
+        peft_config: Any = None,
+        *,
+        processing_class: Any = None,
+    ):
+        # check arguments
+        processing_class = resolve_processing_class(tokenizer, processing_class, "RewardTrainer")
+        if args is None:
+            args = RewardConfig(output_dir="trainer_output")
+        max_length = self._resolve_max_length(args, max_length)
+        if model is None and model_init is None:
+            raise ValueError("RewardTrainer needs a model (or a model_init).")
+
+        # model
+        if peft_config is not None:
+            model = self._wrap_peft(model, peft_config, args)
+        if model is not None and getattr(getattr(model, "config", None), "pad_token_id", "absent") is None:
+            if processing_class is not None and processing_class.pad_token_id is not None:
+                warnings.warn(
+                    f"RewardTrainer: model.config.pad_token_id was None; set to the tokenizer's pad id "
+                    f"{processing_class.pad_token_id} so batched sequences find their last token.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                model.config.pad_token_id = processing_class.pad_token_id
+
+        # data
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError("RewardTrainer: the default RewardDataCollatorWithPadding needs a tokenizer (processing_class=...).")
+            if processing_class.pad_token_id is None:
+                raise ValueError("RewardTrainer: the tokenizer has no pad token; set tokenizer.pad_token (e.g. = tokenizer.eos_token).")
+            data_collator = RewardDataCollatorWithPadding(processing_class)
+        self.num_dropped_too_long: dict[str, int] = {}
+        train_dataset = self._check_and_filter(train_dataset, max_length, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: self._check_and_filter(v, max_length, f"eval[{k}]") for k, v in eval_dataset.items()}
+        else:
+            eval_dataset = self._check_and_filter(eval_dataset, max_length, "eval")
+        self.max_length = max_length
+
+        # optimizer and accelerator (transformers.Trainer)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            model_init=model_init,
+            compute_metrics=compute_metrics if compute_metrics is not None else compute_accuracy,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        # The pair loss is a batch mean, not a token sum: let Trainer divide it by the
+        # accumulation steps, and keep the pair columns the model's forward does not name.
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        self._signature_columns = [*REWARD_COLUMNS, MARGIN_COLUMN]
+
+    # ----------------------------------------------------------------- setup
+
+    @staticmethod
+    def _resolve_max_length(args: TrainingArguments, max_length: int | None) -> int | None:
+        config_length = getattr(args, "max_length", None)
+        if max_length is not None:
+            if config_length is not None and config_length != max_length:
+                raise ValueError(
+                    f"RewardTrainer: max_length={max_length} and args.max_length={config_length} disagree; set only RewardConfig.max_length."
+                )
+            if isinstance(args, RewardConfig):
+                warnings.warn("RewardTrainer: pass max_length in RewardConfig (TRL 0.7 deprecated the trainer argument).", FutureWarning, stacklevel=3)
+            return max_length
+        return config_length
+
+    @staticmethod
+    def _wrap_peft(model, peft_config, args):
+        try:
+            from peft import PeftModel, get_peft_model
+        except ImportError as err:  # pragma: no cover - peft is a dependency
+            raise ImportError("RewardTrainer: peft_config needs the peft package (pip install peft).") from err
+        if isinstance(model, PeftModel):
+            raise ValueError("RewardTrainer: the model is already a PeftModel; pass peft_config=None or the base model.")
+        if getattr(args, "gradient_checkpointing", False) and hasattr(model, "enable_input_require_grads"):
+            # Checkpointed blocks need an input that requires grad when the embeddings are frozen.
+            model.enable_input_require_grads()
+        return get_peft_model(model, peft_config)
+
+    def _check_and_filter(self, dataset, max_length: int | None, split: str):
+        if dataset is None or not hasattr(dataset, "column_names"):
+            return dataset  # torch datasets are the user's responsibility
+        found = list(dataset.column_names)
+        missing = [c for c in REWARD_COLUMNS if c not in found]
+        if missing:
+            raise ValueError(
+                f"RewardTrainer: the {split} dataset lacks the columns {missing} (found {found}). "
+                "Tokenise each pair into input_ids_chosen, attention_mask_chosen, input_ids_rejected and attention_mask_rejected."
+            )
+        if max_length is None:
+            return dataset
+        before = len(dataset)
+        dataset = dataset.filter(
+            lambda ex: len(ex["input_ids_chosen"]) <= max_length and len(ex["input_ids_rejected"]) <= max_length
+        )
+        dropped = before - len(dataset)
+        self.num_dropped_too_long[split] = dropped
+        if dropped:
+            warnings.warn(
+                f"RewardTrainer: dropped {dropped} of {before} {split} pairs with a side longer than max_length={max_length} tokens.",
+                UserWarning,
+                stacklevel=3,
+            )
+        if len(dataset) == 0:
+            raise ValueError(f"RewardTrainer: every {split} pair is longer than max_length={max_length}; raise max_length.")
+        return dataset
+
+    # ----------------------------------------------------------------- loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Pairwise loss of one batch; with ``return_outputs`` also the rewards, each (B, 1)."""
+        rewards_chosen = model(
+            input_ids=inputs["input_ids_chosen"], attention_mask=inputs["attention_mask_chosen"], return_dict=True
+        )["logits"]
+        rewards_rejected = model(
+            input_ids=inputs["input_ids_rejected"], attention_mask=inputs["attention_mask_rejected"], return_dict=True
+        )["logits"]
+        loss, _ = pairwise_reward_loss(rewards_chosen, rewards_rejected, inputs.get(MARGIN_COLUMN))
+        if return_outputs:
+            return loss, {"rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected}
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Loss, (B, 2) rewards of (chosen, rejected), and labels (B,) = 0 (chosen is preferred)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        loss = loss.detach()
+        if prediction_loss_only:
+            return loss, None, None
+        logits = torch.cat([outputs["rewards_chosen"], outputs["rewards_rejected"]], dim=-1).detach()  # (B, 2)
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return loss, logits, labels
