@@ -1,0 +1,203 @@
+"""PPOConfig: every hyperparameter of `PPOTrainer`, with TRL 0.7.10's names and defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Optional
+
+from .._compat import warn_once
+from ..import_utils import is_tensorboard_available, is_wandb_available
+from ..functional.ppo import KL_ESTIMATORS
+
+TRACKERS = ("wandb", "tensorboard")
+
+
+def _default_exp_name() -> str:
+    name = os.path.basename(sys.argv[0] or "rlft")
+    return name[: -len(".py")] if name.endswith(".py") else name
+
+
+@dataclass
+class PPOConfig:
+    """Configuration of `PPOTrainer`.
+
+    Batch sizes: each `step()` takes ``batch_size`` samples per process; PPO then
+    runs ``ppo_epochs`` passes over them in minibatches of ``mini_batch_size``,
+    accumulating ``gradient_accumulation_steps`` minibatches per optimizer step.
+    ``batch_size`` must be a multiple of ``mini_batch_size * gradient_accumulation_steps``.
+    """
+
+    # ---- run and logging
+    exp_name: str = field(default_factory=_default_exp_name)
+    """Name of the experiment (defaults to the script's file name)."""
+    seed: int = 0
+    """Seed for random, numpy and torch."""
+    log_with: Optional[Literal["wandb", "tensorboard"]] = None
+    """Tracker to log to: "wandb", "tensorboard" or None. The package must be installed."""
+    task_name: Optional[str] = None
+    """Name of the task, recorded in the model card and tracker config."""
+    model_name: Optional[str] = None
+    """Name of the model, recorded in the model card and tracker config."""
+    query_dataset: Optional[str] = None
+    """Name of the query dataset, recorded in the model card."""
+    reward_model: Optional[str] = None
+    """Name of the reward model, recorded in the model card."""
+    remove_unused_columns: bool = True
+    """Drop dataset columns the model's forward does not take (datasets.Dataset only)."""
+    tracker_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for the tracker's init (e.g. wandb's run name)."""
+    accelerator_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for `accelerate.Accelerator`."""
+    project_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for accelerate's `ProjectConfiguration` (e.g. logging_dir)."""
+    tracker_project_name: str = "trl"
+    """Project name in the tracker (TRL's default kept, for existing dashboards)."""
+    push_to_hub_if_best_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for pushing the best model (recorded; pushing needs network)."""
+
+    # ---- optimisation
+    steps: int = 20000
+    """Number of PPO steps planned (used by schedulers and the command line)."""
+    learning_rate: float = 1e-5
+    """Adam learning rate."""
+
+    # ---- KL control
+    adap_kl_ctrl: bool = True
+    """Adapt the KL coefficient towards ``target`` (True) or keep it fixed (False)."""
+    init_kl_coef: Optional[float] = 0.2
+    """Initial (or fixed) KL penalty coefficient beta."""
+    kl_penalty: Literal["kl", "abs", "mse", "full"] = "kl"
+    """Per-token KL estimator: "kl" (logp - logq), "abs", "mse" (0.5 (logp - logq)^2) or "full" (exact, from logits)."""
+    target: Optional[float] = 6
+    """Target KL (nats per sequence) of adaptive control."""
+    horizon: Optional[float] = 10000
+    """Horizon (samples) of adaptive control."""
+
+    # ---- advantages and losses
+    gamma: float = 1
+    """Discount factor of GAE."""
+    lam: float = 0.95
+    """Lambda of GAE."""
+    cliprange: float = 0.2
+    """Clip range of the policy ratio."""
+    cliprange_value: float = 0.2
+    """Clip range of the value prediction around the rollout's value."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+
+    # ---- batch sizes
+    batch_size: int = 256
+    """Samples per `step()` per process."""
+    forward_batch_size: Optional[int] = None
+    """Deprecated alias of ``mini_batch_size`` (TRL 0.7 accepted it with a warning)."""
+    mini_batch_size: int = 1
+    """Samples per PPO minibatch (and per chunk of the rollout forward pass)."""
+    gradient_accumulation_steps: int = 1
+    """Minibatches accumulated per optimizer step."""
+    world_size: Optional[int] = None
+    """Number of processes (filled in from the launcher; do not set)."""
+    ppo_epochs: int = 4
+    """Passes over each batch."""
+    max_grad_norm: Optional[float] = None
+    """Clip the gradient norm to this value (None: no clipping)."""
+    optimize_cuda_cache: Optional[bool] = None
+    """Deprecated alias of ``optimize_device_cache``."""
+    optimize_device_cache: Optional[bool] = False
+    """Free cached accelerator memory after the forward pass and the step."""
+    early_stopping: bool = False
+    """Stop the PPO epochs of a step once the policy KL exceeds 1.5 x ``target_kl``."""
+    target_kl: float = 1
+    """KL threshold of ``early_stopping``."""
+    compare_steps: int = 1
+    """Steps between comparisons when pushing the best model."""
+    ratio_threshold: float = 10.0
+    """Skip a minibatch whose mean policy ratio exceeds this (a sign of a broken batch)."""
+    use_score_scaling: bool = False
+    """Divide scores by their running standard deviation."""
+    use_score_norm: bool = False
+    """With ``use_score_scaling``, also subtract the running mean."""
+    score_clip: Optional[float] = None
+    """Clip (scaled) scores to [-score_clip, score_clip]."""
+    whiten_rewards: bool = False
+    """Whiten per-token rewards (keeping their mean) before computing advantages."""
+
+    # ---- filled in from the model and the launcher (TRL computed these at run time)
+    is_encoder_decoder: Optional[bool] = None
+    """Whether the model is an encoder-decoder (filled in by the trainer)."""
+    is_peft_model: Optional[bool] = None
+    """Whether the model is a peft model (filled in by the trainer)."""
+    backward_batch_size: Optional[int] = None
+    """mini_batch_size x gradient_accumulation_steps (derived)."""
+    global_backward_batch_size: Optional[int] = None
+    """backward_batch_size x world_size (derived)."""
+    global_batch_size: Optional[int] = None
+    """batch_size x world_size (derived)."""
+
+    def __post_init__(self) -> None:
+        # Old spellings first, so the checks below see the real values.
+        if self.forward_batch_size is not None:
+            warn_once("PPOConfig.forward_batch_size", "PPOConfig: 'forward_batch_size' is deprecated, use 'mini_batch_size' (mapped for you).")
+            self.mini_batch_size = self.forward_batch_size
+        if self.optimize_cuda_cache is not None:
+            warn_once("PPOConfig.optimize_cuda_cache", "PPOConfig: 'optimize_cuda_cache' is deprecated, use 'optimize_device_cache' (mapped for you).")
+            self.optimize_device_cache = self.optimize_cuda_cache
+
+        for name in ("batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"PPOConfig.{name} must be a positive integer, got {value!r}.")
+        if self.kl_penalty not in KL_ESTIMATORS:
+            raise ValueError(f"PPOConfig.kl_penalty must be one of {KL_ESTIMATORS}, got {self.kl_penalty!r}.")
+        if self.log_with is not None:
+            if self.log_with not in TRACKERS:
+                raise ValueError(f"PPOConfig.log_with must be one of {TRACKERS} or None, got {self.log_with!r}.")
+            available = is_wandb_available() if self.log_with == "wandb" else is_tensorboard_available()
+            if not available:
+                raise ImportError(
+                    f"PPOConfig.log_with={self.log_with!r} but {self.log_with} is not installed: "
+                    f'pip install "rlft[{self.log_with}]", or set log_with=None.'
+                )
+        if self.adap_kl_ctrl and (self.target is None or self.target <= 0 or self.horizon is None or self.horizon <= 0):
+            raise ValueError("PPOConfig: adap_kl_ctrl=True needs a positive target and horizon (or set adap_kl_ctrl=False).")
+        if self.init_kl_coef is None or self.init_kl_coef < 0:
+            raise ValueError(f"PPOConfig.init_kl_coef must be >= 0, got {self.init_kl_coef!r}.")
+        for name in ("cliprange", "cliprange_value", "ratio_threshold", "target_kl"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"PPOConfig.{name} must be positive, got {getattr(self, name)!r}.")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ValueError(f"PPOConfig.gamma and lam must lie in [0, 1], got gamma={self.gamma}, lam={self.lam}.")
+        if self.score_clip is not None and self.score_clip <= 0:
+            raise ValueError(f"PPOConfig.score_clip must be positive or None, got {self.score_clip!r}.")
+        if self.use_score_norm and not self.use_score_scaling:
+            raise ValueError("PPOConfig.use_score_norm only applies with use_score_scaling=True; set both or neither.")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"PPOConfig.max_grad_norm must be positive or None, got {self.max_grad_norm!r}.")
+
+        self.backward_batch_size = self.mini_batch_size * self.gradient_accumulation_steps
+        if self.batch_size % self.backward_batch_size != 0:
+            raise ValueError(
+                f"PPOConfig: batch_size ({self.batch_size}) must be a multiple of mini_batch_size x "
+                f"gradient_accumulation_steps ({self.mini_batch_size} x {self.gradient_accumulation_steps} = "
+                f"{self.backward_batch_size}). Change batch_size or mini_batch_size."
+            )
+        self._set_world_size(int(os.environ.get("WORLD_SIZE", "1")))
+
+    def _set_world_size(self, world_size: int) -> None:
+        """The one place where the world-size-derived fields are computed."""
+        self.world_size = world_size
+        self.global_backward_batch_size = self.backward_batch_size * world_size
+        self.global_batch_size = self.batch_size * world_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-serialisable dict."""
+        out = {}
+        for key, value in asdict(self).items():
+            try:
+                json.dumps(value)
+                out[key] = value
+            except TypeError:
+                out[key] = repr(value)
+        return out
