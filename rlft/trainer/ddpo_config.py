@@ -1,0 +1,192 @@
+"""`DDPOConfig`: the hyperparameters of `DDPOTrainer` (TRL 0.7.10 names and defaults).
+
+A pure dataclass: importing it needs neither diffusers nor a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+
+from ..import_utils import is_bitsandbytes_available, is_npu_available, is_xpu_available, require
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
+#: Trackers accelerate knows by name ("all" picks every installed one).
+LOG_WITH = ("all", "wandb", "tensorboard", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio")
+
+
+def _has_gpu() -> bool:
+    return torch.cuda.is_available() or is_xpu_available() or is_npu_available()
+
+
+@dataclass
+class DDPOConfig:
+    """Configuration of `DDPOTrainer` (denoising diffusion policy optimisation, Black et al. 2023)."""
+
+    # --- run and logging
+    exp_name: str = os.path.basename(sys.argv[0])[: -len(".py")]
+    """Name of this experiment (defaults to the running script's name without ``.py``)."""
+    run_name: Optional[str] = ""
+    """Run name for the trackers, e.g. for wandb; appended to the checkpoint folder's name when given."""
+    seed: int = 0
+    """Seed of every random generator (sampling noise, prompts, shuffling)."""
+    log_with: Optional[Literal["wandb", "tensorboard"]] = None
+    """Tracker accelerate logs to: "wandb", "tensorboard", ..., or None for none."""
+    tracker_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for the tracker (``init_kwargs`` of ``accelerator.init_trackers``)."""
+    accelerator_kwargs: dict = field(default_factory=dict)
+    """Extra keyword arguments for ``accelerate.Accelerator``."""
+    project_kwargs: dict = field(default_factory=dict)
+    """Extra keyword arguments for ``accelerate.utils.ProjectConfiguration``."""
+    tracker_project_name: str = "trl"
+    """Project name of the tracker."""
+    logdir: str = "logs"
+    """Top folder for logs and checkpoints (checkpoints go to ``logdir/checkpoints``)."""
+
+    # --- schedule and checkpoints
+    num_epochs: int = 100
+    """Epochs to train; each samples ``sample_batch_size * sample_num_batches_per_epoch`` images per process."""
+    save_freq: int = 1
+    """Save a checkpoint every this many epochs."""
+    num_checkpoint_limit: int = 5
+    """Keep at most this many checkpoints; older ones are deleted."""
+    mixed_precision: str = "fp16"
+    """accelerate mixed precision: "no", "fp16", "bf16" or "fp8". fp16 needs a GPU."""
+    allow_tf32: bool = True
+    """Allow TF32 matmuls on Ampere GPUs (faster, slightly less precise)."""
+    resume_from: Optional[str] = ""
+    """A checkpoint folder (``.../checkpoint_N``) or a folder of them (the newest is used) to resume from."""
+
+    # --- sampling
+    sample_num_steps: int = 50
+    """Denoising (DDIM) steps per image."""
+    sample_eta: float = 1.0
+    """DDIM eta: the noise of each step. Must be > 0, or the steps have no log-probability."""
+    sample_guidance_scale: float = 5.0
+    """Classifier-free guidance scale while sampling (and in training when ``train_cfg``)."""
+    sample_batch_size: int = 1
+    """Images per sampling batch, per process."""
+    sample_num_batches_per_epoch: int = 2
+    """Sampling batches per epoch, per process."""
+
+    # --- training
+    train_batch_size: int = 1
+    """Samples per training micro-batch, per process."""
+    train_use_8bit_adam: bool = False
+    """Use bitsandbytes' 8-bit AdamW (needs bitsandbytes)."""
+    train_learning_rate: float = 3e-4
+    """Learning rate of AdamW."""
+    train_adam_beta1: float = 0.9
+    """AdamW beta1."""
+    train_adam_beta2: float = 0.999
+    """AdamW beta2."""
+    train_adam_weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    train_adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+    train_gradient_accumulation_steps: int = 1
+    """Micro-batches whose gradients are summed before an optimizer step (each counts all its trained timesteps)."""
+    train_max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    train_num_inner_epochs: int = 1
+    """Passes over each epoch's samples."""
+    train_cfg: bool = True
+    """Use classifier-free guidance in the training forward pass too (as during sampling)."""
+    train_adv_clip_max: float = 5
+    """Advantages are clamped to [-train_adv_clip_max, train_adv_clip_max]."""
+    train_clip_range: float = 1e-4
+    """PPO clip range epsilon of the probability ratio."""
+    train_timestep_fraction: float = 1.0
+    """Fraction of the denoising steps trained on per sample (a random subset, drawn per sample)."""
+
+    # --- advantages and rewards
+    per_prompt_stat_tracking: bool = False
+    """Normalise rewards per prompt (with a buffer of recent rewards) instead of over the whole batch."""
+    per_prompt_stat_tracking_buffer_size: int = 16
+    """Rewards remembered per prompt."""
+    per_prompt_stat_tracking_min_count: int = 16
+    """Rewards a prompt needs before its own statistics are used (before: the batch's)."""
+    async_reward_computation: bool = False
+    """Compute rewards in a thread pool while sampling continues."""
+    max_workers: int = 2
+    """Threads of that pool."""
+    negative_prompts: Optional[str] = ""
+    """Prompt whose embedding is the unconditional branch of classifier-free guidance ("" by default)."""
+
+    def __post_init__(self):
+        def positive(name: str, integer: bool = True):
+            value = getattr(self, name)
+            if (integer and (not isinstance(value, int) or isinstance(value, bool))) or value <= 0:
+                kind = "a positive integer" if integer else "> 0"
+                raise ValueError(f"DDPOConfig.{name} must be {kind}; got {value!r}.")
+
+        for name in (
+            "num_epochs", "save_freq", "num_checkpoint_limit", "sample_num_steps", "sample_batch_size",
+            "sample_num_batches_per_epoch", "train_batch_size", "train_gradient_accumulation_steps",
+            "train_num_inner_epochs", "per_prompt_stat_tracking_buffer_size", "per_prompt_stat_tracking_min_count",
+            "max_workers",
+        ):
+            positive(name)
+        for name in ("sample_eta", "train_learning_rate", "train_clip_range", "train_adv_clip_max", "train_max_grad_norm"):
+            positive(name, integer=False)
+        if not 0 < self.train_timestep_fraction <= 1:
+            raise ValueError(
+                f"DDPOConfig.train_timestep_fraction must be in (0, 1]; got {self.train_timestep_fraction}."
+            )
+        if int(self.sample_num_steps * self.train_timestep_fraction) < 1:
+            raise ValueError(
+                f"DDPOConfig.train_timestep_fraction={self.train_timestep_fraction} of sample_num_steps="
+                f"{self.sample_num_steps} trains on no timestep; raise either so their product is at least 1."
+            )
+        for name in ("train_adam_beta1", "train_adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"DDPOConfig.{name} must be in [0, 1); got {getattr(self, name)}.")
+
+        # Batch sizes: an epoch's samples must split into whole optimizer steps. The
+        # number of processes multiplies both sides, so the per-process check suffices.
+        if self.sample_batch_size < self.train_batch_size or self.sample_batch_size % self.train_batch_size:
+            raise ValueError(
+                f"DDPOConfig.sample_batch_size ({self.sample_batch_size}) must be a multiple of train_batch_size "
+                f"({self.train_batch_size}); set train_batch_size to a divisor of sample_batch_size."
+            )
+        samples = self.sample_batch_size * self.sample_num_batches_per_epoch
+        per_step = self.train_batch_size * self.train_gradient_accumulation_steps
+        if samples % per_step:
+            raise ValueError(
+                f"DDPOConfig: an epoch samples sample_batch_size * sample_num_batches_per_epoch = {samples} images per "
+                f"process, which is not a multiple of train_batch_size * train_gradient_accumulation_steps = {per_step}. "
+                "Change sample_num_batches_per_epoch or train_gradient_accumulation_steps so it divides."
+            )
+
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(
+                f"DDPOConfig.mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}; got {self.mixed_precision!r}."
+            )
+        if self.mixed_precision in ("fp16", "fp8") and not _has_gpu():
+            raise ValueError(
+                f"DDPOConfig.mixed_precision={self.mixed_precision!r} needs a GPU and none is available. "
+                "Set mixed_precision='no' (or 'bf16') to train on the CPU."
+            )
+        if self.log_with is not None and self.log_with not in LOG_WITH:
+            raise ValueError(f"DDPOConfig.log_with must be None or one of {', '.join(LOG_WITH)}; got {self.log_with!r}.")
+        if self.log_with in ("wandb", "tensorboard"):
+            require(self.log_with, f"DDPOConfig(log_with={self.log_with!r})")
+        if self.train_use_8bit_adam and not is_bitsandbytes_available():
+            raise ImportError(
+                "DDPOConfig.train_use_8bit_adam=True needs bitsandbytes: pip install bitsandbytes, "
+                "or set train_use_8bit_adam=False."
+            )
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """Denoising steps trained on per sample: int(sample_num_steps * train_timestep_fraction)."""
+        return int(self.sample_num_steps * self.train_timestep_fraction)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
