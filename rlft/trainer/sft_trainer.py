@@ -1,0 +1,254 @@
+"""SFTTrainer: supervised fine-tuning of causal language models on text datasets."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset as TorchDataset
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+)
+
+from .._compat import resolve_processing_class
+from ..data.sft import ConstantLengthDataset, DataCollatorForCausalLMKeepEOS
+
+#: max_seq_length when the user gives none (TRL 0.7.10 documents 512).
+DEFAULT_MAX_SEQ_LENGTH = 512
+
+#: Keys accepted in ``dataset_kwargs`` and their defaults.
+DATASET_KWARGS_DEFAULTS = {
+    "add_special_tokens": True,  # let the tokenizer add BOS/EOS as it is configured to
+    "append_concat_token": True,  # packing: put EOS between packed examples
+    "reset_position_ids": True,  # packing: position ids restart per example (no cross-example attention)
+    "add_eos_token": False,  # no packing: append EOS to texts that do not end with it
+    "skip_prepare_dataset": False,  # the dataset is already tokenised: use it as is
+}
+
+
+class SFTTrainer(Trainer):
+    """Supervised fine-tuning trainer (a ``transformers.Trainer``) for causal language models.
+
+    Takes a text dataset and tokenises it (``packing=False``) or packs it into fixed-length
+    chunks (``packing=True``, see `ConstantLengthDataset`). Labels keep the EOS token even
+    when the pad token is EOS. Packed chunks carry position ids that restart at each example,
+    so models whose attention mask follows position ids (llama, qwen2, gpt2, ... in
+    transformers 5) do not attend across examples; ``dataset_kwargs={"reset_position_ids":
+    False}`` gives plain concatenation.
+
+    Parameters (TRL 0.7.10's, plus ``processing_class``):
+        model: a PreTrainedModel, an ``nn.Module``, or a name/path loaded with
+            ``AutoModelForCausalLM.from_pretrained(model, **model_init_kwargs)``.
+        args: ``TrainingArguments`` (default: ``TrainingArguments("trainer_output")``).
+        data_collator: default: padding collator (no packing) or stacking (packing).
+        train_dataset, eval_dataset: ``datasets.Dataset`` of texts, a tokenised dataset, or a
+            torch dataset such as `ConstantLengthDataset` (used as is); eval may be a dict.
+        tokenizer: TRL 0.7's name for ``processing_class``; default: loaded from the model's path.
+        model_init, compute_metrics, callbacks, optimizers, preprocess_logits_for_metrics: as in
+            ``transformers.Trainer``.
+        peft_config: a ``peft.PeftConfig``; the model is wrapped with ``get_peft_model``.
+        dataset_text_field: name of the text column.
+        packing: pack examples into chunks of ``max_seq_length`` tokens (default False).
+        formatting_func: builds the text; per example when packing, per batch (returning a list
+            of str) otherwise.
+        max_seq_length: truncation / chunk length in tokens (default 512 when None).
+        infinite: packing only: repeat the dataset without end (keeps it an iterable; default False).
+        num_of_sequences: packing buffer size in chunks (default 1024).
+        chars_per_token: packing buffer estimate (default 3.6).
+        dataset_num_proc: processes for tokenising (no packing).
+        dataset_batch_size: examples per tokenising batch; <= 0 or None: the whole dataset.
+        neftune_noise_alpha: NEFTune noise scale (Jain et al. 2023) for training forwards only.
+        model_init_kwargs: keyword arguments for loading ``model`` when it is a string.
+        dataset_kwargs: options for data preparation; keys in ``DATASET_KWARGS_DEFAULTS``.
+        processing_class: the tokenizer.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | str | None = None,
+        args: TrainingArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        tokenizer: Any = None,
+        model_init: Callable[[], PreTrainedModel] | None = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        preprocess_logits_for_metrics: Callable | None = None,
+        peft_config: Any = None,
+        dataset_text_field: str | None = None,
+        packing: bool | None = False,
+        formatting_func: Callable | None = None,
+        max_seq_length: int | None = None,
+        infinite: bool | None = None,
+        num_of_sequences: int | None = 1024,
+        chars_per_token: float | None = 3.6,
+        dataset_num_proc: int | None = None,
+        dataset_batch_size: int = 1000,
+        neftune_noise_alpha: float | None = None,
+        model_init_kwargs: dict | None = None,
+        dataset_kwargs: dict | None = None,
+        *,
+        processing_class: Any = None,
+    ):
+        # check arguments
+        processing_class = resolve_processing_class(tokenizer, processing_class, "SFTTrainer")
+        if args is None:
+            args = TrainingArguments(output_dir="trainer_output")
+        unknown = set(dataset_kwargs or {}) - set(DATASET_KWARGS_DEFAULTS)
+        if unknown:
+            raise TypeError(f"SFTTrainer: unknown dataset_kwargs {sorted(unknown)}; accepted: {sorted(DATASET_KWARGS_DEFAULTS)}.")
+        data_options = {**DATASET_KWARGS_DEFAULTS, **(dataset_kwargs or {})}
+        if max_seq_length is None:
+            warnings.warn(f"SFTTrainer: max_seq_length not set; using {DEFAULT_MAX_SEQ_LENGTH} tokens.", UserWarning, stacklevel=2)
+            max_seq_length = DEFAULT_MAX_SEQ_LENGTH
+        if max_seq_length <= 0:
+            raise ValueError(f"SFTTrainer: max_seq_length must be positive, got {max_seq_length}.")
+        if neftune_noise_alpha is not None and neftune_noise_alpha < 0:
+            raise ValueError(f"SFTTrainer: neftune_noise_alpha must be >= 0, got {neftune_noise_alpha}.")
+
+        # model
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model, **(model_init_kwargs or {}))
+        elif model_init_kwargs:
+            raise ValueError("SFTTrainer: model_init_kwargs only apply when model is a name or path; the model is already built.")
+        if peft_config is not None:
+            model = self._wrap_peft(model, peft_config, args)
+        if model is None and model_init is None:
+            raise ValueError("SFTTrainer: pass a model (object, name or path) or a model_init.")
+
+        # tokenizer
+        if processing_class is None:
+            name = getattr(getattr(model, "config", None), "_name_or_path", None)
+            if not name:
+                raise ValueError("SFTTrainer: no tokenizer given and the model has no path to load one from; pass processing_class=.")
+            processing_class = AutoTokenizer.from_pretrained(name)
+        if processing_class.pad_token is None:
+            warnings.warn("SFTTrainer: the tokenizer has no pad token; using its EOS token for padding (EOS stays in the labels).", UserWarning, stacklevel=2)
+            processing_class.pad_token = processing_class.eos_token
+
+        # data
+        if packing and model is not None and not self._accepts_position_ids(model) and data_options["reset_position_ids"]:
+            warnings.warn(f"SFTTrainer: {type(model).__name__}.forward takes no position_ids; packed examples are plainly concatenated.", UserWarning, stacklevel=2)
+            data_options["reset_position_ids"] = False
+        prepare = dict(
+            tokenizer=processing_class, packing=bool(packing), dataset_text_field=dataset_text_field,
+            formatting_func=formatting_func, max_seq_length=max_seq_length, infinite=bool(infinite),
+            num_of_sequences=num_of_sequences, chars_per_token=chars_per_token, num_proc=dataset_num_proc,
+            batch_size=dataset_batch_size, options=data_options,
+        )
+        train_dataset = self._prepare_dataset(train_dataset, split="train", **prepare)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: self._prepare_dataset(v, split=f"eval[{k}]", **{**prepare, "infinite": False}) for k, v in eval_dataset.items()}
+        else:
+            eval_dataset = self._prepare_dataset(eval_dataset, split="eval", **{**prepare, "infinite": False})
+        if data_collator is None:
+            data_collator = default_data_collator if packing else DataCollatorForCausalLMKeepEOS(processing_class)
+        self.packing = bool(packing)
+        self.max_seq_length = max_seq_length
+        self.dataset_text_field = dataset_text_field
+        self.formatting_func = formatting_func
+
+        # optimizer and accelerator (transformers.Trainer)
+        super().__init__(
+            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            processing_class=processing_class, model_init=model_init, compute_metrics=compute_metrics, callbacks=callbacks,
+            optimizers=optimizers, preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        # transformers.Trainer attaches NEFTune's embedding hook at the start of train() and
+        # removes it at the end; the hook only adds noise in training mode, so evaluation and
+        # saved weights never see it.
+        if neftune_noise_alpha is not None:
+            self.neftune_noise_alpha = neftune_noise_alpha
+
+    # ----------------------------------------------------------------- setup
+
+    @staticmethod
+    def _wrap_peft(model, peft_config, args):
+        try:
+            from peft import PeftModel, get_peft_model
+        except ImportError as err:  # pragma: no cover - peft is a dependency
+            raise ImportError("SFTTrainer: peft_config needs the peft package (pip install peft).") from err
+        if isinstance(model, PeftModel):
+            raise ValueError("SFTTrainer: the model is already a PeftModel; pass peft_config=None or the base model.")
+        if getattr(args, "gradient_checkpointing", False) and hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input
+        return get_peft_model(model, peft_config)
+
+    @staticmethod
+    def _accepts_position_ids(model) -> bool:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return "position_ids" in inspect.signature(base.forward).parameters
+
+    @staticmethod
+    def _prepare_dataset(dataset, *, split, tokenizer, packing, dataset_text_field, formatting_func, max_seq_length,
+                         infinite, num_of_sequences, chars_per_token, num_proc, batch_size, options):
+        if dataset is None or isinstance(dataset, TorchDataset) and not hasattr(dataset, "column_names"):
+            return dataset  # a torch dataset (e.g. ConstantLengthDataset) is used as is
+        if options["skip_prepare_dataset"]:
+            return dataset
+        columns = list(getattr(dataset, "column_names", None) or [])
+        if dataset_text_field is None and formatting_func is None:
+            if "input_ids" in columns:
+                return dataset  # already tokenised
+            raise ValueError(
+                f"SFTTrainer: the {split} dataset (columns {columns}) is not tokenised; pass dataset_text_field (the text column) or formatting_func."
+            )
+        if formatting_func is None and columns and dataset_text_field not in columns:
+            raise ValueError(f"SFTTrainer: the {split} dataset has no column {dataset_text_field!r}; its columns are {columns}.")
+        if packing:
+            packed = ConstantLengthDataset(
+                tokenizer, dataset, dataset_text_field=dataset_text_field, formatting_func=formatting_func,
+                infinite=infinite, seq_length=max_seq_length, num_of_sequences=num_of_sequences,
+                chars_per_token=chars_per_token, shuffle=False, append_concat_token=options["append_concat_token"],
+                add_special_tokens=options["add_special_tokens"], reset_position_ids=options["reset_position_ids"],
+            )
+            if infinite:
+                return packed
+            from datasets import Dataset
+
+            rows = [{k: v.tolist() for k, v in chunk.items()} for chunk in packed]
+            if not rows:
+                raise ValueError(f"SFTTrainer: the {split} dataset holds fewer than max_seq_length={max_seq_length} tokens; nothing to pack.")
+            return Dataset.from_list(rows)
+        return SFTTrainer._tokenize(dataset, split, tokenizer, dataset_text_field, formatting_func, max_seq_length,
+                                    num_proc, batch_size, options)
+
+    @staticmethod
+    def _tokenize(dataset, split, tokenizer, dataset_text_field, formatting_func, max_seq_length, num_proc, batch_size, options):
+        eos = tokenizer.eos_token
+
+        def texts_of(batch) -> list[str]:
+            if formatting_func is not None:
+                texts = formatting_func(batch)
+                if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                    raise TypeError(
+                        f"SFTTrainer: with packing=False, formatting_func gets a batch (dict of lists) and must return a list of str; "
+                        f"it returned {type(texts).__name__}."
+                    )
+            else:
+                texts = batch[dataset_text_field]
+                if not all(isinstance(t, str) for t in texts):
+                    raise TypeError(f"SFTTrainer: column {dataset_text_field!r} must hold strings.")
+            if options["add_eos_token"] and eos:
+                texts = [t if t.endswith(eos) else t + eos for t in texts]
+            return texts
+
+        def tokenize(batch):
+            enc = tokenizer(texts_of(batch), add_special_tokens=options["add_special_tokens"], truncation=True,
+                            max_length=max_seq_length, padding=False, return_overflowing_tokens=False, return_length=False)
+            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+        return dataset.map(
+            tokenize, batched=True, remove_columns=dataset.column_names, num_proc=num_proc,
+            batch_size=batch_size if batch_size and batch_size > 0 else None,
+        )
