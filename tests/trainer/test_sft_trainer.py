@@ -96,7 +96,7 @@ def test_eos_kept_in_labels_when_pad_is_eos(tmp_path, pad_tokenizer, model_path)
         assert batch["labels"][row, n - 1].item() == pad_tokenizer.eos_token_id
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", pytest.param("gpt2", marks=pytest.mark.slow)])
 def test_packing_keeps_examples_apart(tmp_path, pad_tokenizer, model_path, arch):
     tok = pad_tokenizer
     a, b = tok(TEXTS[0])["input_ids"], tok(TEXTS[1])["input_ids"]
@@ -128,6 +128,7 @@ def test_packing_keeps_examples_apart(tmp_path, pad_tokenizer, model_path, arch)
     plain.train()
 
 
+@pytest.mark.slow
 def test_packing_trains_and_infinite(tmp_path, pad_tokenizer, model_path):
     ds = _ds(30)
     trainer = SFTTrainer(model=model_path("qwen2"), args=_args(tmp_path, max_steps=3), train_dataset=ds, dataset_text_field="text",
