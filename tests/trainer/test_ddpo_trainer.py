@@ -159,15 +159,24 @@ def test_bad_reward_function(tmp_path):
 
 @pytest.mark.slow
 def test_brightness_reward_rises(tmp_path):
-    cfg = config(tmp_path, num_epochs=12, sample_batch_size=8, train_batch_size=4, sample_num_batches_per_epoch=2,
-                 sample_num_steps=4, train_learning_rate=3e-3, save_freq=100)
-    trainer = make_trainer(cfg)
-    rewards = []
-    for epoch in range(cfg.num_epochs):
-        trainer.step(epoch, 0)
-        rewards.append(trainer.last_rewards.mean().item())
-    print("brightness per epoch:", [round(r, 4) for r in rewards])
-    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3
+    """Train for brightness and, from the same start, for darkness: brightness rises and ends above darkness."""
+    def run(sign, where):
+        cfg = config(where, num_epochs=10, sample_batch_size=8, train_batch_size=4, sample_num_batches_per_epoch=2,
+                     sample_num_steps=4, train_learning_rate=1e-3, save_freq=100, sample_guidance_scale=1.0,
+                     train_cfg=False)
+        trainer = make_trainer(cfg)
+        trainer.reward_fn = lambda images, prompts, meta: (sign * images.mean(dim=(1, 2, 3)), {})
+        rewards = []
+        for epoch in range(cfg.num_epochs):
+            trainer.step(epoch, 0)
+            rewards.append(sign * trainer.last_rewards.mean().item())
+        return rewards
+
+    bright, dark = run(1.0, tmp_path / "bright"), run(-1.0, tmp_path / "dark")
+    print("brightness per epoch, rewarding brightness:", [round(r, 4) for r in bright])
+    print("brightness per epoch, rewarding darkness:  ", [round(r, 4) for r in dark])
+    assert sum(bright[-3:]) / 3 > sum(bright[:3]) / 3
+    assert sum(bright[-3:]) / 3 > sum(dark[-3:]) / 3
 
 
 # ------------------------------------------------------------------ config
