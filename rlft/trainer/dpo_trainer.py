@@ -26,7 +26,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from .._compat import resolve_processing_class
+from .._compat import resolve_processing_class, warn_once
 from ..data.dpo import DPODataCollatorWithPadding, pad_to_length
 from ..functional import dpo as F_dpo
 from ..models import create_reference_model
@@ -711,10 +711,10 @@ class DPOTrainer(Trainer):
     ):
         """Trainer hook: the DPO loss of ``inputs`` (``num_items_in_batch`` is unused: the loss is a mean over pairs)."""
         if not self.use_dpo_data_collator:
-            warnings.warn(
-                "DPOTrainer: compute_loss expects batches from DPODataCollatorWithPadding; check your data_collator.",
+            warn_once(
+                "DPOTrainer.custom_collator",
+                "DPOTrainer: compute_loss expects batches shaped like DPODataCollatorWithPadding's; check your data_collator.",
                 UserWarning,
-                stacklevel=2,
             )
         with self.compute_loss_context_manager():
             loss, metrics = self.get_batch_loss_metrics(model, inputs, train_eval="train")
