@@ -7,10 +7,18 @@ from torch import Tensor, nn
 
 
 def disable_dropout_in_model(model: nn.Module) -> None:
-    """Set p=0 on every ``nn.Dropout`` in ``model`` (RL fine-tuning wants deterministic forwards)."""
+    """Switch off every dropout in ``model`` (RL fine-tuning wants deterministic forwards).
+
+    Sets p=0 on ``nn.Dropout`` modules and zeroes the float dropout rates that many
+    transformers layers keep as plain attributes and pass to ``F.dropout`` (T5's
+    attention, BART's layers, Llama's ``attention_dropout``).
+    """
     for module in model.modules():
-        if isinstance(module, nn.Dropout):
+        if isinstance(module, nn.modules.dropout._DropoutNd):
             module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
+                setattr(module, name, 0.0)
 
 
 def exact_div(a: int, b: int, what: str = "") -> int:

@@ -56,20 +56,6 @@ class _UnsetPadding(int):
 _DEFAULT_PADDING_VALUE = _UnsetPadding(0)
 
 
-#: Float attributes through which transformers modules apply functional dropout
-#: (``F.dropout(x, p=self.dropout)``) instead of an ``nn.Dropout`` submodule.
-_FUNCTIONAL_DROPOUT_ATTRS = ("dropout", "attention_dropout", "activation_dropout", "attn_dropout", "dropout_rate")
-
-
-def _disable_dropout(model: nn.Module) -> None:
-    """Dropout off everywhere: ``nn.Dropout`` modules and functional-dropout rates (T5, BART attention)."""
-    disable_dropout_in_model(model)
-    for module in model.modules():
-        for attr in _FUNCTIONAL_DROPOUT_ATTRS:
-            if isinstance(getattr(module, attr, None), float):
-                setattr(module, attr, 0.0)
-
-
 def _is_peft_model(model: Any) -> bool:
     try:
         from peft import PeftModel
@@ -207,9 +193,9 @@ class DPOTrainer(Trainer):
             # A frozen deep copy; works for value-head wrappers and plain modules alike.
             self.ref_model = create_reference_model(model)
         if disable_dropout:
-            _disable_dropout(model)
+            disable_dropout_in_model(model)
             if self.ref_model is not None:
-                _disable_dropout(self.ref_model)
+                disable_dropout_in_model(self.ref_model)
 
         # --- 3. hyperparameters --------------------------------------------------
         self.beta = beta

@@ -38,6 +38,7 @@ from ..functional.ppo import approx_kl, gae, kl_full, kl_penalty, per_token_rewa
 from ..functional.running import RunningMoments
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper, create_reference_model
 from . import _distributed
+from ._helpers import disable_dropout_in_model
 from .base import BaseTrainer
 from .kl_control import AdaptiveKLController, FixedKLController
 from .ppo_config import PPOConfig
@@ -181,7 +182,7 @@ class PPOTrainer(BaseTrainer):
             self.ref_model = create_reference_model(model, num_shared_layers=num_shared_layers)
         for m in (self.model, self.ref_model):
             if m is not None:
-                _disable_dropout(m)
+                disable_dropout_in_model(m)
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device).eval()
         self._model_kwargs = _accepted_kwargs(model)
@@ -944,12 +945,6 @@ def _after_first(tokens: Tensor, eos_ids: set[int]) -> int:
 
 def _safe_var(values: Tensor, mask: Tensor) -> Tensor:
     return masked_var(values, mask) if mask.sum() > 0 else torch.zeros((), device=values.device)
-
-
-def _disable_dropout(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 def _accepted_kwargs(model) -> set[str]:

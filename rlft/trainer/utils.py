@@ -15,6 +15,7 @@ _EXPORTS = {
     "disable_dropout_in_model": "rlft.trainer._helpers",
     "exact_div": "rlft.trainer._helpers",
     "pad": "rlft.trainer._helpers",
+    "PerPromptStatTracker": "rlft.functional.ddpo",
 }
 
 __all__ = sorted(_EXPORTS)
