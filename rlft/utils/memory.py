@@ -90,8 +90,21 @@ def peak_rss_delta(fn: Callable[[Any], object], setup: Callable[[], Any] | None 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    import queue as queue_mod
+    import time
+
+    deadline = time.monotonic() + timeout
+    result: Any = None
     try:
-        result = queue.get(timeout=timeout)
+        while True:
+            try:
+                result = queue.get(timeout=1.0)
+                break
+            except queue_mod.Empty:
+                if not proc.is_alive():  # died before reporting (e.g. could not import fn)
+                    raise RuntimeError(f"the measuring child process exited with code {proc.exitcode} before reporting") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"peak_rss_delta: no result within {timeout} s") from None
     finally:
         proc.join(timeout=10)
         if proc.is_alive():
