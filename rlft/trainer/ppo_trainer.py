@@ -38,7 +38,7 @@ from ..functional.ppo import approx_kl, gae, kl_full, kl_penalty, per_token_rewa
 from ..functional.running import RunningMoments
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper, create_reference_model
 from . import _distributed
-from ._helpers import disable_dropout_in_model
+from ._helpers import disable_dropout_in_model, pad
 from .base import BaseTrainer
 from .kl_control import AdaptiveKLController, FixedKLController
 from .ppo_config import PPOConfig
@@ -561,18 +561,22 @@ class PPOTrainer(BaseTrainer):
         values = out[2][:, -(T + 1) : -1] if return_values and isinstance(out, tuple) else None
         return logits, values
 
+    def _chunks(self, queries, responses, response_masks):
+        """Padded batches of ``mini_batch_size`` consecutive samples (each padded to its own longest)."""
+        chunk = self.config.mini_batch_size
+        for start in range(0, len(queries), chunk):
+            sl = slice(start, start + chunk)
+            yield self._pad_batch(queries[sl], responses[sl], response_masks[sl] if response_masks else None)
+
     @torch.no_grad()
     def _rollout(self, queries, responses, response_masks, scores) -> Rollout:
         """Log-probs, values, reference log-probs and per-token KL, in chunks of ``mini_batch_size``."""
-        chunk = self.config.mini_batch_size
         parts: dict[str, list[Tensor]] = {k: [] for k in ("logprobs", "ref_logprobs", "values", "mask", "kls")}
         policy = self.accelerator.unwrap_model(self.model)
         was_training = policy.training
         policy.eval()
         try:
-            for start in range(0, len(queries), chunk):
-                sl = slice(start, start + chunk)
-                batch = self._pad_batch(queries[sl], responses[sl], response_masks[sl] if response_masks else None)
+            for batch in self._chunks(queries, responses, response_masks):
                 logits, values = self._forward(policy, batch)
                 with self._reference_context() as ref:
                     ref_logits, _ = self._forward(ref, batch, return_values=False)
@@ -587,8 +591,7 @@ class PPOTrainer(BaseTrainer):
                     parts[key].append(value)
         finally:
             policy.train(was_training)
-        T = max(p.shape[1] for p in parts["mask"])
-        full = {k: torch.cat([_pad_right(p, T) for p in v]) for k, v in parts.items()}
+        full = {k: _cat_padded(v) for k, v in parts.items()}
         mask = full.pop("mask").float()
         return Rollout(mask=mask, scores=scores, **{k: v * mask for k, v in full.items()})
 
@@ -605,21 +608,16 @@ class PPOTrainer(BaseTrainer):
         """
         queries, responses = list(queries), list(responses)
         response_masks = list(response_masks) if response_masks is not None else None
-        chunk = self.config.mini_batch_size
         out = {k: [] for k in ("logprobs", "logits", "values", "mask")}
         with torch.no_grad():
-            for start in range(0, len(queries), chunk):
-                sl = slice(start, start + chunk)
-                batch = self._pad_batch(queries[sl], responses[sl], response_masks[sl] if response_masks else None)
+            for batch in self._chunks(queries, responses, response_masks):
                 logits, values = self._forward(model, batch)
                 out["logprobs"].append(selected_log_probs(logits, batch.actions))
                 out["logits"].append(logits if return_logits else None)
                 out["values"].append(values if values is not None else torch.zeros_like(batch.mask, dtype=torch.float32))
                 out["mask"].append(batch.mask)
-        T = max(m.shape[1] for m in out["mask"])
-        cat = {k: torch.cat([_pad_right(p, T) for p in v]) for k, v in out.items() if k != "logits"}
-        logits = torch.cat([_pad_right(p, T) for p in out["logits"]]) if return_logits else None
-        return cat["logprobs"], logits, cat["values"], cat["mask"]
+        logits = _cat_padded(out["logits"]) if return_logits else None
+        return _cat_padded(out["logprobs"]), logits, _cat_padded(out["values"]), _cat_padded(out["mask"])
 
     # ---------------------------------------------------------------- 3. rewards
     def compute_rewards(self, scores: Tensor, logprobs: Tensor, ref_logprobs: Tensor, masks: Tensor):
@@ -908,18 +906,9 @@ model = AutoModelForCausalLMWithValueHead.from_pretrained("{path.name}")
 # ====================================================================== helpers
 def _pad(seqs: list[Tensor], value: int, side: str) -> tuple[Tensor, Tensor]:
     """Stack 1-D tensors into (n, max_len) with ``value`` padding on ``side``; also return the 0/1 mask."""
-    width = max(s.shape[0] for s in seqs)
-    out = torch.full((len(seqs), width), value, dtype=seqs[0].dtype, device=seqs[0].device)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long, device=seqs[0].device)
-    for i, s in enumerate(seqs):
-        n = s.shape[0]
-        if side == "left":
-            out[i, width - n :] = s
-            mask[i, width - n :] = 1
-        else:
-            out[i, :n] = s
-            mask[i, :n] = 1
-    return out, mask
+    ids = pad(seqs, padding_value=value, padding_side=side)
+    mask = pad([torch.ones_like(s, dtype=torch.long) for s in seqs], padding_value=0, padding_side=side)
+    return ids, mask
 
 
 def _pad_right(t: Tensor, width: int) -> Tensor:
@@ -930,6 +919,12 @@ def _pad_right(t: Tensor, width: int) -> Tensor:
     pad_shape = list(t.shape)
     pad_shape[1] = missing
     return torch.cat([t, torch.zeros(pad_shape, dtype=t.dtype, device=t.device)], dim=1)
+
+
+def _cat_padded(parts: list[Tensor]) -> Tensor:
+    """Concatenate chunks along dim 0, zero-padding dim 1 to the widest chunk."""
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([_pad_right(p, width) for p in parts])
 
 
 def _after_first(tokens: Tensor, eos_ids: set[int]) -> int:
