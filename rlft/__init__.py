@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "AutoModelForSeq2SeqLMWithValueHead": ".models",
     "create_reference_model": ".models",
     "SUPPORTED_ARCHITECTURES": ".models",
+    "setup_chat_format": ".models.utils",
     "is_peft_available": ".import_utils",
     "is_diffusers_available": ".import_utils",
     "is_wandb_available": ".import_utils",
@@ -35,6 +36,10 @@ _EXPORTS: dict[str, str] = {
     "DPOTrainer": ".trainer.dpo_trainer",
     "DDPOConfig": ".trainer.ddpo_config",
     "DDPOTrainer": ".trainer.ddpo_trainer",
+    "DDPOPipelineOutput": ".models.modeling_sd_base",
+    "DDPOSchedulerOutput": ".models.modeling_sd_base",
+    "DDPOStableDiffusionPipeline": ".models.modeling_sd_base",
+    "DefaultDDPOStableDiffusionPipeline": ".models.modeling_sd_base",
     "BestOfNSampler": ".extras.best_of_n_sampler",
 }
 

@@ -58,6 +58,10 @@ def is_unsloth_available() -> bool:
     return _has("unsloth")
 
 
+def is_torchvision_available() -> bool:
+    return _has("torchvision")
+
+
 def is_rich_available() -> bool:
     return _has("rich")
 
@@ -76,6 +80,14 @@ def is_npu_available() -> bool:
 
 def is_torch_greater_2_0() -> bool:
     return tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 0)
+
+
+def is_accelerate_greater_20_0() -> bool:
+    """True when the installed accelerate is 0.20.0 or newer (TRL 0.7's name, kept for compatibility)."""
+    from packaging.version import Version
+
+    installed = _version("accelerate")
+    return installed is not None and Version(installed) >= Version("0.20.0")
 
 
 def is_transformers_greater_than(version: str) -> bool:

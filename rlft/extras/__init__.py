@@ -4,6 +4,10 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "BestOfNSampler": ".best_of_n_sampler",
+    # TRL 0.7.10 kept these in trl.extras.dataset_formatting only; both paths work here
+    "get_formatting_func_from_dataset": ".dataset_formatting",
+    "conversations_formatting_function": ".dataset_formatting",
+    "instructions_formatting_function": ".dataset_formatting",
 }
 
 __all__ = sorted(_EXPORTS)

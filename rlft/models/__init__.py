@@ -1,7 +1,8 @@
-"""`rlft.models`: value-head wrappers and reference models (TRL's ``trl.models``)."""
+"""`rlft.models`: value-head wrappers, reference models and chat-format setup (TRL's ``trl.models``)."""
 
 from .modeling_base import PreTrainedModelWrapper, create_reference_model
 from .modeling_value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead, ValueHead
+from .utils import ChatMlSpecialTokens, setup_chat_format
 
 SUPPORTED_ARCHITECTURES = (AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead)
 
@@ -9,9 +10,11 @@ __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "AutoModelForCausalLMWithValueHead",
     "AutoModelForSeq2SeqLMWithValueHead",
+    "ChatMlSpecialTokens",
     "PreTrainedModelWrapper",
     "ValueHead",
     "create_reference_model",
+    "setup_chat_format",
 ]
 
 # DDPO pipelines need the optional diffusers extra: resolved on first use.

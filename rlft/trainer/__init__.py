@@ -9,10 +9,15 @@ _EXPORTS = {
     "AdaptiveKLController": ".kl_control",
     "FixedKLController": ".kl_control",
     "BaseTrainer": ".base",
+    "RunningMoments": "rlft.functional.running",
+    # shared helpers (TRL exported them from trl.trainer too)
+    "disable_dropout_in_model": "._helpers",
+    "peft_module_casting_to_bf16": "._model_helpers",
     # supervised
     "SFTTrainer": ".sft_trainer",
     "RewardConfig": ".reward_config",
     "RewardTrainer": ".reward_trainer",
+    "compute_accuracy": "rlft.data.reward",
     "IterativeSFTTrainer": ".iterative_sft_trainer",
     "ConstantLengthDataset": "rlft.data.sft",
     "DataCollatorForCompletionOnlyLM": "rlft.data.sft",

@@ -37,3 +37,74 @@ def any_over_processes(flag: bool, accelerator) -> bool:
     t = torch.tensor(float(flag), device=accelerator.device)
     dist.all_reduce(t, dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def get_global_statistics(accelerator, xs: Tensor, mask: Tensor | None = None, device="cpu") -> tuple[Tensor, Tensor, Tensor]:
+    """Mean, biased variance and element count of ``xs`` over every process (TRL's ``trl.trainer.utils`` name).
+
+    xs: any shape; mask: same shape, 1 where an element counts (None: all count). The variance
+    is taken around the global mean (a second reduction), so it equals the variance of all
+    processes' kept elements concatenated. TRL 0.7.10 summed masked-out elements into the
+    mean; here they count nowhere.
+    """
+    xs = xs.to(accelerator.device)
+    weight = torch.ones_like(xs) if mask is None else mask.to(xs.device, xs.dtype)
+    total, count = accelerator.reduce(torch.stack([(xs * weight).sum(), weight.sum()]), reduction="sum")
+    mean = total / count
+    var = accelerator.reduce(((xs - mean) ** 2 * weight).sum(), reduction="sum") / count
+    return mean.to(device), var.to(device), count.to(device)
+
+
+def gather_rows(t: Tensor, accelerator, pad_value: float = 0) -> Tensor:
+    """Concatenate ``t`` (n, ...) from every process along dim 0, padding the other dims to the largest.
+
+    Processes may hold different n and different trailing sizes (e.g. T, the longest
+    response). Rows come in process order. Returns ``t`` itself when not distributed.
+    """
+    if not is_distributed(accelerator):
+        return t
+    import torch.distributed as dist
+
+    t = t.detach().to(accelerator.device)
+    world = accelerator.num_processes
+    shape = torch.tensor(list(t.shape), device=t.device, dtype=torch.long)
+    shapes = [torch.zeros_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    target = torch.stack(shapes).max(dim=0).values.tolist()  # pad every dim (dim 0 too) to the largest
+    padded = torch.full(target, pad_value, dtype=t.dtype, device=t.device)
+    padded[tuple(slice(0, s) for s in t.shape)] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    width = target[1:]
+    return torch.cat([part[: int(s[0])] for part, s in zip(parts, shapes)])[(slice(None), *(slice(0, w) for w in width))]
+
+
+def masked_whiten_over_processes(values: Tensor, mask: Tensor, accelerator, shift_mean: bool = True) -> Tensor:
+    """`rlft.functional.masked_whiten` with the mean and variance of the kept elements of *all* processes.
+
+    values, mask: (B, T); B and T may differ between processes. With one process this
+    is exactly ``masked_whiten``; with several, a global batch split over processes is
+    whitened as it would be on one process (up to summation order), so each process's
+    share of the batch does not get its own scale.
+    """
+    from ..functional import masked_whiten
+    from ..functional.stats import WHITEN_EPS
+
+    if not is_distributed(accelerator):
+        return masked_whiten(values, mask, shift_mean=shift_mean)
+    import torch.distributed as dist
+
+    keep = torch.broadcast_to(mask, values.shape) != 0
+    kept = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    sums = torch.stack([kept.sum().float(), keep.sum().float()])  # (sum, count)
+    dist.all_reduce(sums, dist.ReduceOp.SUM)
+    count = sums[1]
+    if count == 0:
+        raise ValueError("masked_whiten_over_processes: no kept element on any process (every response is masked).")
+    mean = (sums[0] / count).to(values.dtype)
+    squares = torch.where(keep, (values - mean) ** 2, torch.zeros((), dtype=values.dtype, device=values.device)).sum().float()
+    dist.all_reduce(squares, dist.ReduceOp.SUM)
+    # Bessel's correction n / (n - 1), as masked_var applies it.
+    var = (squares / count * (count / (count - 1)) if count > 1 else torch.zeros_like(squares)).to(values.dtype)
+    whitened = (values - mean) * torch.rsqrt(var + WHITEN_EPS)
+    return whitened + mean if not shift_mean else whitened

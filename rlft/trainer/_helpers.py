@@ -21,10 +21,14 @@ def disable_dropout_in_model(model: nn.Module) -> None:
                 setattr(module, name, 0.0)
 
 
-def exact_div(a: int, b: int, what: str = "") -> int:
-    """a // b, raising ValueError when b does not divide a (naming ``what`` when given)."""
+def exact_div(a: int, b: int, a_str: str = "a", b_str: str = "b", custom_error_message: str = "") -> int:
+    """a // b, raising ValueError when b does not divide a (TRL 0.7.10's signature).
+
+    ``a_str`` / ``b_str`` name the two numbers in the error; ``custom_error_message`` leads it.
+    """
     if b == 0 or a % b != 0:
-        raise ValueError(f"{what + ': ' if what else ''}{a} is not a multiple of {b}")
+        lead = f"{custom_error_message}: " if custom_error_message else ""
+        raise ValueError(f"{lead}{a_str}={a} is not a multiple of {b_str}={b}")
     return a // b
 
 

@@ -1,4 +1,4 @@
-"""SFTTrainer: supervised fine-tuning of causal language models on text datasets."""
+"""SFTTrainer: supervised fine-tuning of causal language models on text, chat and instruction datasets."""
 
 from __future__ import annotations
 
@@ -20,13 +20,16 @@ from transformers import (
 
 from .._compat import resolve_processing_class
 from ..data.sft import ConstantLengthDataset, DataCollatorForCausalLMKeepEOS
+from ..extras.dataset_formatting import get_formatting_func_from_dataset
 
 #: max_seq_length when the user gives none (TRL 0.7.10 documents 512).
 DEFAULT_MAX_SEQ_LENGTH = 512
 
 #: Keys accepted in ``dataset_kwargs`` and their defaults.
 DATASET_KWARGS_DEFAULTS = {
-    "add_special_tokens": True,  # let the tokenizer add BOS/EOS as it is configured to
+    # let the tokenizer add BOS/EOS as it is configured to; None: yes for plain text, no for text
+    # rendered by a chat template (the template writes the special tokens itself)
+    "add_special_tokens": None,
     "append_concat_token": True,  # packing: put EOS between packed examples
     "reset_position_ids": True,  # packing: position ids restart per example (no cross-example attention)
     "add_eos_token": False,  # no packing: append EOS to texts that do not end with it
@@ -43,6 +46,12 @@ class SFTTrainer(Trainer):
     so models whose attention mask follows position ids (llama, qwen2, gpt2, ... in
     transformers 5) do not attend across examples; ``dataset_kwargs={"reset_position_ids":
     False}`` gives plain concatenation.
+
+    Without ``dataset_text_field`` and ``formatting_func``, a conversational dataset (a
+    ``messages`` column of ``{"role", "content"}`` turns) or an instruction dataset (``prompt``
+    and ``completion`` columns) is rendered with the tokenizer's chat template (see
+    `rlft.extras.dataset_formatting.get_formatting_func_from_dataset`; `rlft.setup_chat_format`
+    gives a tokenizer one).
 
     Parameters (TRL 0.7.10's, plus ``processing_class``):
         model: a PreTrainedModel, an ``nn.Module``, or a name/path loaded with
@@ -200,9 +209,19 @@ class SFTTrainer(Trainer):
         if dataset_text_field is None and formatting_func is None:
             if "input_ids" in columns:
                 return dataset  # already tokenised
-            raise ValueError(
-                f"SFTTrainer: the {split} dataset (columns {columns}) is not tokenised; pass dataset_text_field (the text column) or formatting_func."
-            )
+            formatting_func = get_formatting_func_from_dataset(dataset, tokenizer)
+            if formatting_func is None:
+                raise ValueError(
+                    f"SFTTrainer: the {split} dataset (columns {columns}) is not tokenised, conversational (a 'messages' "
+                    "column of role/content turns) or instruction-shaped ('prompt' and 'completion' columns); pass "
+                    "dataset_text_field (the text column) or formatting_func."
+                )
+            if options["add_special_tokens"] is None:
+                # The chat template writes every special token the format wants; a tokenizer
+                # that also prepended its BOS would double it (e.g. Llama with ChatML).
+                options = {**options, "add_special_tokens": False}
+        if options["add_special_tokens"] is None:
+            options = {**options, "add_special_tokens": True}
         if formatting_func is None and columns and dataset_text_field not in columns:
             raise ValueError(f"SFTTrainer: the {split} dataset has no column {dataset_text_field!r}; its columns are {columns}.")
         if packing:

@@ -16,6 +16,10 @@ _EXPORTS = {
     "exact_div": "rlft.trainer._helpers",
     "pad": "rlft.trainer._helpers",
     "PerPromptStatTracker": "rlft.functional.ddpo",
+    "get_global_statistics": "rlft.trainer._distributed",
+    "neftune_post_forward_hook": "rlft.trainer._model_helpers",
+    "peft_module_casting_to_bf16": "rlft.trainer._model_helpers",
+    "trl_sanitze_kwargs_for_tagging": "rlft.trainer._model_helpers",
 }
 
 __all__ = sorted(_EXPORTS)
