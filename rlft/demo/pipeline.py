@@ -172,8 +172,9 @@ def _tiny_assets(folder: Path):
     tokenizer = build_tokenizer(tok_dir)
     policy = folder / "policy"
     encoder = folder / "encoder"
-    build_model("gpt2", policy, tokenizer=tokenizer)
-    build_model("gpt2", encoder, tokenizer=tokenizer)
+    for path, seed in ((policy, 0), (encoder, 1)):
+        build_model("gpt2", tokenizer, path, seed=seed)
+        tokenizer.save_pretrained(path)
     return policy, encoder, tiny_snippets()
 
 
@@ -289,7 +290,7 @@ def _write_outputs(run, cfg, summary, before, after, bon, history, log) -> None:
         f"Judged on {summary['heldout_prompts']} held-out prompts (films never used in training); ± is a 95% interval; "
         f"KL is KL(policy ‖ reference) in nats per review, estimated from the samples "
         f"(best-of-n: the analytic log n − (n−1)/n).\n\n"
-        f"Reward model (all-MiniLM-L6-v2 + RewardTrainer, {rm['train_steps']} steps, {rm['train_seconds']:.0f} s): "
+        f"Reward model ({'a tiny random GPT-2' if summary['smoke_test'] else 'all-MiniLM-L6-v2'} + RewardTrainer, {rm['train_steps']} steps, {rm['train_seconds']:.0f} s): "
         f"held-out pair accuracy **{rm['pair_accuracy']:.1%}** (VADER {rm['vader_pair_accuracy']:.1%}); "
         f"snippet fresh/rotten accuracy **{rm['label_accuracy']:.1%}** (VADER {rm['vader_label_accuracy']:.1%})."
     )

