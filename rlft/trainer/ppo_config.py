@@ -136,6 +136,16 @@ class PPOConfig:
     global_batch_size: Optional[int] = None
     """batch_size x world_size (derived)."""
 
+    # ---- reliability (rlft additions; TRL 0.7 had no equivalent)
+    skip_nonfinite_steps: bool = True
+    """Skip a step whose scores, rollout (log-probs, values, KL), losses or gradients hold NaN/inf:
+    no weight update, counted in ``ppo/nonfinite/*`` stats, warned about. False: raise `NonFiniteError`
+    at the first one."""
+    max_consecutive_nonfinite_steps: int = 5
+    """Stop with `NonFiniteError` (naming the last good checkpoint) after this many non-finite steps in a row."""
+    save_total_limit: Optional[int] = None
+    """`PPOTrainer.save_checkpoint` keeps only this many newest checkpoints in its folder (None: all)."""
+
     def __post_init__(self) -> None:
         # Old spellings first, so the checks below see the real values.
         if self.forward_batch_size is not None:
@@ -175,6 +185,12 @@ class PPOConfig:
             raise ValueError("PPOConfig.use_score_norm only applies with use_score_scaling=True; set both or neither.")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"PPOConfig.max_grad_norm must be positive or None, got {self.max_grad_norm!r}.")
+
+        n = self.max_consecutive_nonfinite_steps
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"PPOConfig.max_consecutive_nonfinite_steps must be a positive integer, got {n!r}.")
+        if self.save_total_limit is not None and (not isinstance(self.save_total_limit, int) or self.save_total_limit < 1):
+            raise ValueError(f"PPOConfig.save_total_limit must be a positive integer or None, got {self.save_total_limit!r}.")
 
         self.backward_batch_size = self.mini_batch_size * self.gradient_accumulation_steps
         if self.batch_size % self.backward_batch_size != 0:

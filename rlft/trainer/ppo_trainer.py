@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import math
 import time
 import warnings
@@ -32,11 +33,14 @@ import torch
 from torch import Tensor
 
 from ..core import PPODecorators, WANDB_PADDING, convert_to_scalar, flatten_dict, set_seed, stack_dicts, stats_to_np
-from ..functional import masked_mean, masked_var, masked_whiten
+from ..functional import masked_mean, masked_var
 from ..functional.logprobs import entropy_from_logits, selected_log_probs
 from ..functional.ppo import approx_kl, gae, kl_full, kl_penalty, per_token_rewards, policy_loss, value_loss
 from ..functional.running import RunningMoments
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper, create_reference_model
+from ..utils.checkpoint import CHECKPOINT_PREFIX, atomic_directory, prune_checkpoints, resolve_checkpoint
+from ..utils.faults import NonFiniteGuard, grad_norm, is_out_of_memory, nonfinite_names, out_of_memory_error
+from ..utils.resumable import ResumableDataLoader, ResumableSampler
 from . import _distributed
 from ._helpers import disable_dropout_in_model, pad
 from .base import BaseTrainer
@@ -49,6 +53,20 @@ SCORE_SCALING_EPS = torch.finfo(torch.float32).eps
 _VECTOR_STATS = ("policy/advantages", "policy/ratio")
 #: Mean sequence KL below which the negative-KL warning fires (as TRL 0.7).
 NEGATIVE_KL_WARNING = -1.0
+#: Scalar stats of a normal step; a skipped (non-finite) step reports them as NaN so logging code keeps working.
+_SCALAR_STATS = (
+    "objective/kl", "objective/entropy", "ppo/mean_non_score_reward", "ppo/mean_scores", "ppo/std_scores",
+    "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/entropy", "ppo/policy/approxkl",
+    "ppo/policy/policykl", "ppo/policy/clipfrac", "ppo/policy/advantages_mean", "ppo/returns/mean",
+    "ppo/returns/var", "ppo/val/vpred", "ppo/val/error", "ppo/val/clipfrac", "ppo/val/mean", "ppo/val/var",
+    "ppo/val/var_explained",
+)
+#: Files of a PPO checkpoint written by rlft itself (accelerate writes the optimizer, scheduler and RNG files).
+TRAINER_STATE_FILE = "ppo_trainer_state.json"
+POLICY_FILE = "policy.safetensors"
+CHECKPOINT_FORMAT = "rlft-ppo-checkpoint"
+#: Elements of each reference parameter hashed into the reference fingerprint (cheap even for large models).
+_FINGERPRINT_ELEMENTS = 64
 
 
 @dataclass
@@ -186,11 +204,13 @@ class PPOTrainer(BaseTrainer):
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device).eval()
         self._model_kwargs = _accepted_kwargs(model)
+        self._vocab_size, self._context_length = _vocab_and_context(model)
 
         # -- data
         self.data_collator = data_collator if data_collator is not None else _list_collator
         self.dataset = dataset
         self.dataloader = self.prepare_dataloader(dataset, self.data_collator) if dataset is not None else None
+        sampler = getattr(self.dataloader, "sampler", None)
 
         # -- optimizer, scheduler, accelerator
         self.optimizer = optimizer or torch.optim.Adam(
@@ -201,6 +221,13 @@ class PPOTrainer(BaseTrainer):
             raise ValueError("lr_scheduler must be a torch.optim.lr_scheduler.LRScheduler.")
         prepared = self.accelerator.prepare(self.model, self.optimizer, self.dataloader, self.lr_scheduler)
         self.model, self.optimizer, self.dataloader, self.lr_scheduler = prepared
+        if self.dataloader is not None:  # counts handed-out batches, so load_checkpoint can resume mid-epoch
+            self.dataloader = ResumableDataLoader(
+                self.dataloader, sampler if isinstance(sampler, ResumableSampler) else None,
+                config.batch_size * self.accelerator.num_processes,
+            )
+        self.accelerator.register_save_state_pre_hook(self._save_policy_hook)
+        self.accelerator.register_load_state_pre_hook(self._load_policy_hook)
         self.kl_ctl = (
             AdaptiveKLController(config.init_kl_coef, config.target, config.horizon)
             if config.adap_kl_ctrl
@@ -212,6 +239,7 @@ class PPOTrainer(BaseTrainer):
         self.current_step = 0
         self._sync_now = True  # train_minibatch steps the optimizer unless inside an accumulation window
         self._window_updates = 0
+        self.nonfinite = NonFiniteGuard(config.skip_nonfinite_steps, config.max_consecutive_nonfinite_steps)
         if self.accelerator.is_main_process and config.log_with is not None:
             self.accelerator.init_trackers(
                 config.tracker_project_name,
@@ -221,7 +249,11 @@ class PPOTrainer(BaseTrainer):
 
     # ================================================================== data
     def prepare_dataloader(self, dataset, data_collator=None) -> torch.utils.data.DataLoader:
-        """A shuffling DataLoader of ``config.batch_size`` over ``dataset`` (unused columns removed)."""
+        """A shuffling DataLoader of ``config.batch_size`` over ``dataset`` (unused columns removed).
+
+        The order of epoch ``e`` depends only on ``config.seed`` and ``e`` (`ResumableSampler`),
+        so a resumed run sees the same batches as an uninterrupted one.
+        """
         if data_collator is None:
             data_collator = _list_collator
         try:
@@ -236,8 +268,11 @@ class PPOTrainer(BaseTrainer):
                 f"The dataset has {len(dataset)} examples, fewer than PPOConfig.batch_size={self.config.batch_size}: "
                 "the dataloader (which drops incomplete batches) would yield nothing. Lower batch_size or add data."
             )
+        if not hasattr(dataset, "__len__"):  # iterable datasets: their own order; resume skips batches
+            return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, collate_fn=data_collator, drop_last=True)
         return torch.utils.data.DataLoader(
-            dataset, batch_size=self.config.batch_size, collate_fn=data_collator, shuffle=True, drop_last=True
+            dataset, batch_size=self.config.batch_size, collate_fn=data_collator, drop_last=True,
+            sampler=ResumableSampler(len(dataset), seed=self.config.seed),
         )
 
     def _remove_unused_columns(self, dataset):
@@ -272,6 +307,8 @@ class PPOTrainer(BaseTrainer):
         encoder-decoder outputs never contain the prompt). With
         ``generate_ref_response=True`` responses of the reference model come back too.
         Returns a list of 1-D tensors for a list input, a (1, L) tensor for one query.
+        An empty list gives an empty list. A query longer than the model's context (or
+        one that ``max_new_tokens`` would push past it, for causal models) is a ValueError.
         """
         if isinstance(query_tensor, Tensor) and query_tensor.dim() != 1:
             raise ValueError(
@@ -286,11 +323,15 @@ class PPOTrainer(BaseTrainer):
         generation_kwargs.setdefault("pad_token_id", self._pad_id)
 
         policy = self.accelerator.unwrap_model(self.model)
-        response = self._generate_batched(policy, queries, length_sampler, batch_size, return_prompt, **generation_kwargs)
-        ref_response = None
-        if generate_ref_response:
-            with self._reference_context() as ref:
-                ref_response = self._generate_batched(ref, queries, length_sampler, batch_size, return_prompt, **generation_kwargs)
+        advice = [f"generate(batch_size=...) (now {batch_size})",
+                  f"max_new_tokens (now {generation_kwargs.get('max_new_tokens', 'the generation config default')})",
+                  "the query length"]
+        with _out_of_memory_hint("PPOTrainer.generate", advice):
+            response = self._generate_batched(policy, queries, length_sampler, batch_size, return_prompt, **generation_kwargs)
+            ref_response = None
+            if generate_ref_response:
+                with self._reference_context() as ref:
+                    ref_response = self._generate_batched(ref, queries, length_sampler, batch_size, return_prompt, **generation_kwargs)
         if isinstance(query_tensor, Tensor):
             response = response[0].unsqueeze(0)
             ref_response = ref_response[0].unsqueeze(0) if ref_response is not None else None
@@ -306,6 +347,7 @@ class PPOTrainer(BaseTrainer):
                 if length_sampler is not None:
                     generation_kwargs["max_new_tokens"] = int(length_sampler())
                 batch = [q.to(self.current_device) for q in queries[start : start + batch_size]]
+                self._check_context(batch, generation_kwargs.get("max_new_tokens"))
                 padding_side = "right" if self.is_encoder_decoder else "left"
                 input_ids, attention_mask = _pad(batch, self._pad_id, padding_side)
                 generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
@@ -382,56 +424,50 @@ class PPOTrainer(BaseTrainer):
         t_start = time.time()
         timing: dict[str, float] = {}
 
-        # 1. validate and prepare the scores
+        # 1. validate (bad input raises before anything changes; NaN/inf scores skip the step)
         queries, responses, scores, response_masks = self._validate_step_inputs(queries, responses, scores, response_masks)
-        scores = self._prepare_scores(scores)
+        nonfinite = self._nonfinite_scores(scores)
+        if nonfinite:
+            return self._skip_step(nonfinite, queries, responses, t_start)
 
-        # 2. rollout forward: policy log-probs and values, reference log-probs
-        t = time.time()
-        rollout = self._rollout(queries, responses, response_masks, scores)
-        timing["time/ppo/forward_pass"] = time.time() - t
+        with _out_of_memory_hint("PPOTrainer.step", self._memory_advice(queries, responses), self._drop_gradients):
+            # 2. rollout forward: policy log-probs and values, reference log-probs; then the scores
+            t = time.time()
+            rollout = self._rollout(queries, responses, response_masks, scores)
+            timing["time/ppo/forward_pass"] = time.time() - t
+            nonfinite = self._nonfinite_rollout(rollout)
+            if nonfinite:
+                return self._skip_step(nonfinite, queries, responses, t_start)
+            rollout.scores = self._prepare_scores(rollout.scores)
 
-        # 3. per-token rewards
-        t = time.time()
-        rollout.rewards, rollout.non_score_rewards = per_token_rewards(
-            rollout.scores, rollout.kls, self.kl_ctl.value, rollout.mask
-        )
-        timing["time/ppo/compute_rewards"] = time.time() - t
+            # 3. per-token rewards
+            t = time.time()
+            rollout.rewards, rollout.non_score_rewards = per_token_rewards(
+                rollout.scores, rollout.kls, self.kl_ctl.value, rollout.mask
+            )
+            timing["time/ppo/compute_rewards"] = time.time() - t
 
-        # 4. advantages and returns
-        t = time.time()
-        rollout.values, rollout.advantages, rollout.returns = self.compute_advantages(
-            rollout.values, rollout.rewards, rollout.mask
-        )
-        timing["time/ppo/compute_advantages"] = time.time() - t
+            # 4. advantages and returns
+            t = time.time()
+            rollout.values, rollout.advantages, rollout.returns = self.compute_advantages(
+                rollout.values, rollout.rewards, rollout.mask
+            )
+            timing["time/ppo/compute_advantages"] = time.time() - t
 
-        # 5. PPO epochs over shuffled minibatches
-        t = time.time()
-        all_stats, n_skipped = self._ppo_epochs(queries, responses, response_masks, rollout)
-        timing["time/ppo/optimize_step"] = time.time() - t
+            # 5. PPO epochs over shuffled minibatches (a NaN/inf loss or gradient drops that update and ends them)
+            t = time.time()
+            all_stats, n_skipped, nonfinite = self._ppo_epochs(queries, responses, response_masks, rollout)
+            timing["time/ppo/optimize_step"] = time.time() - t
 
-        # 6. statistics, KL controller, scheduler
+        # 6. statistics (from all processes), non-finite counters, KL controller, scheduler
         t = time.time()
-        train_stats = stack_dicts(all_stats) if all_stats else {}
-        if train_stats:
-            train_stats["policy/advantages"] = torch.nan_to_num(train_stats["policy/advantages"].flatten(), WANDB_PADDING)[None]
-            train_stats["policy/ratio"] = train_stats["policy/ratio"].flatten()[None]
-        stats = self.record_step_stats(
-            kl_coef=self.kl_ctl.value,
-            scores=rollout.scores,
-            logprobs=rollout.logprobs,
-            ref_logprobs=rollout.ref_logprobs,
-            non_score_reward=rollout.non_score_rewards,
-            train_stats=train_stats,
-            masks=rollout.mask,
-            queries=queries,
-            responses=responses,
-            kls=rollout.kls,
-        )
+        stats = self._step_stats(rollout, all_stats, queries, responses)
         stats["ppo/skipped_minibatches"] = float(n_skipped)
-        if self.is_distributed:
-            stats = self.gather_stats(stats)
-        stats = {k: (float(v) if isinstance(v, np.ndarray) and v.ndim == 0 else v) for k, v in stats_to_np(stats).items()}
+        if nonfinite:
+            self.nonfinite.bad_step(nonfinite, self.current_step)
+        else:
+            self.nonfinite.good_step()
+        stats.update(self.nonfinite.stats(skipped=bool(nonfinite)))
         timing["time/ppo/calc_stats"] = time.time() - t
         stats["ppo/learning_rate"] = self.optimizer.param_groups[0]["lr"]
 
@@ -443,19 +479,100 @@ class PPOTrainer(BaseTrainer):
         self.current_step += 1
         return stats
 
+    def _skip_step(self, what: str, queries: list[Tensor], responses: list[Tensor], t_start: float) -> dict:
+        """End a step that changed no weight: count it (`NonFiniteError` once too many), report NaN stats.
+
+        The scalar TRL stats are NaN (vectors are left out), so logging code keeps working;
+        the KL controller and the scheduler do not advance.
+        """
+        self.nonfinite.bad_step(what, self.current_step)
+        self._drop_gradients()
+        stats: dict = {key: math.nan for key in _SCALAR_STATS}
+        for name, seqs in (("queries", queries), ("responses", responses)):
+            stats.update(_length_stats(name, _distributed.gather_rows(_lengths(seqs), self.accelerator)))
+        stats["objective/kl_coef"] = self.kl_ctl.value
+        stats["ppo/skipped_minibatches"] = 0.0
+        stats["ppo/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        stats.update(self.nonfinite.stats(skipped=True))
+        stats["time/ppo/total"] = time.time() - t_start
+        self.current_step += 1
+        return stats
+
+    def _drop_gradients(self) -> None:
+        self.optimizer.zero_grad()
+        self._sync_now, self._window_updates = True, 0
+
+    def _memory_advice(self, queries: list[Tensor], responses: list[Tensor]) -> list[str]:
+        cfg = self.config
+        longest = max(q.numel() + r.numel() for q, r in zip(queries, responses))
+        return [
+            f"PPOConfig.mini_batch_size (now {cfg.mini_batch_size}: samples per forward and backward chunk), "
+            f"raising gradient_accumulation_steps (now {cfg.gradient_accumulation_steps}) to keep their product",
+            f"the sample length (longest query + response now {longest} tokens: lower max_new_tokens or truncate queries)",
+            f"PPOConfig.batch_size (now {cfg.batch_size})",
+            "or enable gradient checkpointing (model.pretrained_model.gradient_checkpointing_enable())",
+        ]
+
+    def _step_stats(self, rollout: Rollout, all_stats: list[dict], queries: list[Tensor], responses: list[Tensor]) -> dict:
+        """TRL's step stats. Per-sample values are gathered from every process first, so means and
+        standard deviations are those of the global batch."""
+        train_stats = stack_dicts(all_stats) if all_stats else {}
+        if train_stats:
+            train_stats["policy/advantages"] = torch.nan_to_num(train_stats["policy/advantages"].flatten(), WANDB_PADDING)[None]
+            train_stats["policy/ratio"] = train_stats["policy/ratio"].flatten()[None]
+        data = dict(
+            scores=rollout.scores, logprobs=rollout.logprobs, ref_logprobs=rollout.ref_logprobs,
+            non_score_reward=rollout.non_score_rewards, masks=rollout.mask, kls=rollout.kls,
+            query_lens=_lengths(queries), response_lens=_lengths(responses),
+        )
+        if self.is_distributed:
+            gather = lambda t: _distributed.gather_rows(t, self.accelerator)  # noqa: E731
+            data = {key: gather(value) for key, value in data.items()}
+            train_stats = {key: gather(v.flatten())[None] if key in _VECTOR_STATS else gather(v) for key, v in train_stats.items()}
+        stats = self.record_step_stats(kl_coef=self.kl_ctl.value, train_stats=train_stats, queries=queries, responses=responses, **data)
+        for key in _SCALAR_STATS:  # a step whose first minibatch was non-finite has no train stats
+            stats.setdefault(key, math.nan)
+        return {k: (float(v) if isinstance(v, np.ndarray) and v.ndim == 0 else v) for k, v in stats_to_np(stats).items()}
+
     # ---------------------------------------------------------------- 1. inputs
     def _validate_queries(self, queries) -> None:
         for i, q in enumerate(queries):
             if not isinstance(q, Tensor):
                 raise TypeError(f"query {i} must be a torch.Tensor of token ids, got {type(q).__name__}.")
-            if q.dim() != 1:
-                raise ValueError(f"query {i} must be a 1-D tensor of token ids, got shape {tuple(q.shape)}.")
-            if q.numel() == 0:
-                raise ValueError(f"query {i} is empty; every query needs at least one token.")
-            if q.is_floating_point():
-                raise TypeError(f"query {i} holds floats ({q.dtype}); token ids must be integers.")
+            _check_token_tensor(q, f"query {i}", min_len=1)
+        self._check_token_range(queries, "queries")
+
+    def _check_token_range(self, tensors: list[Tensor], what: str) -> None:
+        """Token ids must index the embedding: an out-of-range id would crash the forward (on CUDA, the process)."""
+        if not tensors or self._vocab_size is None:
+            return
+        lo, hi = torch.aminmax(torch.cat([t.detach().reshape(-1).cpu() for t in tensors]))
+        if int(lo) < 0 or int(hi) >= self._vocab_size:
+            raise ValueError(
+                f"{what} hold token ids in [{int(lo)}, {int(hi)}] but the model's vocabulary has {self._vocab_size} "
+                "entries (ids 0 .. vocab_size - 1). Tokenise with the model's tokenizer."
+            )
+
+    def _check_context(self, queries: list[Tensor], max_new_tokens: Optional[int] = None, responses=None) -> None:
+        """Queries (plus responses or max_new_tokens, for causal models) must fit the model's context."""
+        limit = self._context_length
+        if limit is None:
+            return
+        for i, q in enumerate(queries):
+            if self.is_encoder_decoder:
+                extra = responses[i].numel() if responses is not None else 0
+                total, parts = max(q.numel(), extra), "the query (or response)"
+            else:
+                extra = responses[i].numel() if responses is not None else int(max_new_tokens or 0)
+                total, parts = q.numel() + extra, "query + " + ("response" if responses is not None else "max_new_tokens")
+            if total > limit:
+                raise ValueError(
+                    f"sample {i}: {parts} is {total} tokens, longer than the model's context of {limit} positions. "
+                    "Truncate the queries (e.g. tokenizer(..., truncation=True, max_length=...)) or lower max_new_tokens."
+                )
 
     def _validate_step_inputs(self, queries, responses, scores, response_masks):
+        """Check every input before anything is computed; returns them on the trainer's device, scores as (B,)."""
         bs = self.config.batch_size
         named = {"queries": queries, "responses": responses, "scores": scores}
         if response_masks is not None:
@@ -473,38 +590,34 @@ class PPOTrainer(BaseTrainer):
         for i, r in enumerate(responses):
             if not isinstance(r, Tensor) or r.dim() != 1:
                 raise ValueError(f"response {i} must be a 1-D tensor of token ids, got {getattr(r, 'shape', type(r).__name__)}.")
-            if r.is_floating_point():
-                raise TypeError(f"response {i} holds floats ({r.dtype}); token ids must be integers.")
             if r.numel() < min_len:
                 raise ValueError(
                     f"response {i} is empty: PPO needs at least one generated token per response"
                     + (" after the decoder-start token" if self.is_encoder_decoder else "")
                     + ". Filter empty generations out (or set min_new_tokens) before calling step()."
                 )
+            _check_token_tensor(r, f"response {i}", min_len=min_len)
+        self._check_token_range(list(responses), "responses")
+        self._check_context(list(queries), responses=list(responses))
         device = self.current_device
-        score_values = []
-        for i, s in enumerate(scores):
-            if isinstance(s, Tensor):
-                if s.numel() != 1:
-                    raise ValueError(f"score {i} must be a scalar, got a tensor of shape {tuple(s.shape)}; reduce it to one number per response.")
-                s = s.reshape(())
-            elif isinstance(s, (int, float, np.number)) and not isinstance(s, bool):
-                s = torch.tensor(float(s))
-            else:
-                raise TypeError(f"score {i} must be a number or a 0-d tensor, got {type(s).__name__}.")
-            score_values.append(s.detach().float().to(device))
-        scores_t = torch.stack(score_values)  # (B,)
-        bad = torch.nonzero(~torch.isfinite(scores_t)).flatten().tolist()
-        if bad:
-            raise ValueError(f"scores at positions {bad} are NaN or infinite; fix the reward function before calling step().")
+        scores_t = torch.stack([_score_value(s, i).to(device) for i, s in enumerate(scores)])  # (B,)
         if response_masks is not None:
             for i, (m, r) in enumerate(zip(response_masks, responses)):
                 if not isinstance(m, Tensor) or m.shape != r.shape:
                     raise ValueError(f"response_masks[{i}] must be a tensor of the response's shape {tuple(r.shape)}, got {getattr(m, 'shape', type(m).__name__)}.")
+                if m.is_meta or m.is_complex() or not bool(((m == 0) | (m == 1)).all()):
+                    raise ValueError(f"response_masks[{i}] must hold only 0 and 1 (1 = the token counts in the loss).")
             response_masks = [m.to(device) for m in response_masks]
         queries = [q.to(device) for q in queries]
         responses = [r.to(device) for r in responses]
         return queries, responses, scores_t, response_masks
+
+    def _nonfinite_scores(self, scores: Tensor) -> Optional[str]:
+        """Where the scores are NaN/inf (on any process), or None."""
+        bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
+        if not _distributed.any_over_processes(bool(bad), self.accelerator):
+            return None
+        return f"the scores (positions {bad} on process {self.accelerator.process_index})" if bad else "the scores of another process"
 
     def _prepare_scores(self, scores: Tensor) -> Tensor:
         """Score scaling / normalisation by running moments, then clipping. (B,) -> (B,)."""
@@ -595,6 +708,14 @@ class PPOTrainer(BaseTrainer):
         mask = full.pop("mask").float()
         return Rollout(mask=mask, scores=scores, **{k: v * mask for k, v in full.items()})
 
+    def _nonfinite_rollout(self, rollout: Rollout) -> Optional[str]:
+        """Which rollout tensors hold NaN/inf (on any process), or None."""
+        bad = nonfinite_names({"log-probs": rollout.logprobs, "reference log-probs": rollout.ref_logprobs,
+                               "values": rollout.values, "per-token KL": rollout.kls})
+        if not _distributed.any_over_processes(bool(bad), self.accelerator):
+            return None
+        return f"the rollout ({', '.join(bad)} on process {self.accelerator.process_index})" if bad else "the rollout of another process"
+
     def batched_forward_pass(
         self, model, queries: Tensor, responses: Tensor, model_inputs: dict = None, return_logits: bool = False,
         response_masks: Optional[Tensor] = None,
@@ -638,18 +759,22 @@ class PPOTrainer(BaseTrainer):
         """GAE advantages (whitened over the batch) and returns. (B, T) each -> (values, advantages, returns)."""
         values = values * mask
         rewards = rewards * mask
+        # Whitening uses the statistics of the global batch (all processes), as one process would.
         if self.config.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = _distributed.masked_whiten_over_processes(rewards, mask, self.accelerator, shift_mean=False)
         advantages, returns = gae(values, rewards, mask, gamma=self.config.gamma, lam=self.config.lam)
-        advantages = masked_whiten(advantages, mask).detach()
+        advantages = _distributed.masked_whiten_over_processes(advantages, mask, self.accelerator).detach()
         return values, advantages, returns
 
     # ---------------------------------------------------------------- 5. PPO epochs
-    def _ppo_epochs(self, queries, responses, response_masks, rollout: Rollout) -> tuple[list[dict], int]:
+    def _ppo_epochs(self, queries, responses, response_masks, rollout: Rollout) -> tuple[list[dict], int, Optional[str]]:
+        """Returns the minibatch stats, the number of minibatches skipped by ratio_threshold, and
+        where NaN/inf values stopped the epochs (None when they ran to the end)."""
         cfg = self.config
         bs = len(queries)
         all_stats: list[dict] = []
         n_skipped = 0
+        nonfinite = None
         self.model.train()
         for _ in range(cfg.ppo_epochs):
             order = np.random.permutation(bs)
@@ -672,6 +797,10 @@ class PPOTrainer(BaseTrainer):
                             old["logprobs"], old["values"], logprobs, logits, vpreds, old["mask"], old["advantages"], old["returns"]
                         )
                     n_skipped += int(train_stats.pop("_skipped"))
+                    nonfinite = train_stats.pop("_nonfinite")
+                    if nonfinite:  # the update was dropped; later minibatches would start from the same state
+                        stop = True
+                        break
                     all_stats.append(train_stats)
                     if cfg.early_stopping and self._early_stop(train_stats["policy/policykl"]):
                         stop = True
@@ -681,7 +810,7 @@ class PPOTrainer(BaseTrainer):
             if stop:
                 break
         self._sync_now = True
-        return all_stats, n_skipped
+        return all_stats, n_skipped, nonfinite
 
     def _early_stop(self, policykl: Tensor) -> bool:
         """True once the policy KL of a minibatch exceeds 1.5 x target_kl (on any process)."""
@@ -696,25 +825,44 @@ class PPOTrainer(BaseTrainer):
     ) -> dict:
         """Backward one PPO minibatch; step the optimizer at the end of an accumulation window.
 
-        All tensors (n, T) except logits (n, T, V). Returns the minibatch's stats.
+        All tensors (n, T) except logits (n, T, V). Returns the minibatch's stats. A NaN/inf
+        loss is not backpropagated and NaN/inf gradients are not applied: the accumulation
+        window's gradients are dropped and ``_nonfinite`` in the stats says which it was.
         """
         self.model.train()
         loss_p, loss_v, train_stats = self.loss(old_logprobs, values, logits, vpreds, logprobs, mask, advantages, returns)
         skipped = bool(train_stats.pop("_skipped"))
         loss = (loss_p + loss_v) / self.config.gradient_accumulation_steps
-        self.accelerator.backward(loss)
-        self._window_updates += 0 if skipped else 1
-        if self._sync_now:
-            if self._window_updates > 0:
-                if self.config.max_grad_norm is not None:
-                    self.accelerator.clip_grad_norm_(
-                        [p for p in self.model.parameters() if p.requires_grad], self.config.max_grad_norm
-                    )
-                self.optimizer.step()
-            self.optimizer.zero_grad()
-            self._window_updates = 0
+        nonfinite = None
+        # Decided on all processes together: a process skipping backward alone would hang the gradient all-reduce.
+        if _distributed.any_over_processes(not bool(torch.isfinite(loss.detach())), self.accelerator):
+            nonfinite = "the PPO loss"
+            self._drop_gradients()
+        else:
+            self.accelerator.backward(loss)
+            self._window_updates += 0 if skipped else 1
+            if self._sync_now:
+                nonfinite = self._optimizer_step()
         train_stats["_skipped"] = skipped
+        train_stats["_nonfinite"] = nonfinite
         return train_stats
+
+    def _optimizer_step(self) -> Optional[str]:
+        """Clip and apply the window's gradients unless one is NaN/inf (then return "the gradients")."""
+        nonfinite = None
+        if self._window_updates > 0:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            if self.config.max_grad_norm is not None:
+                norm = self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+            else:
+                norm = grad_norm(params)
+            if _distributed.any_over_processes(not bool(torch.isfinite(torch.as_tensor(norm))), self.accelerator):
+                nonfinite = "the gradients"
+            else:
+                self.optimizer.step()
+        self.optimizer.zero_grad()
+        self._window_updates = 0
+        return nonfinite
 
     def loss(
         self, old_logprobs: Tensor, values: Tensor, logits: Tensor, vpreds: Tensor, logprobs: Tensor,
@@ -763,7 +911,12 @@ class PPOTrainer(BaseTrainer):
 
     # ---------------------------------------------------------------- 6. stats
     def record_step_stats(self, kl_coef: float, **data) -> dict:
-        """Summarise a step: KL, entropy, scores, lengths and the averaged PPO stats (TRL's key names)."""
+        """Summarise a step: KL, entropy, scores, lengths and the averaged PPO stats (TRL's key names).
+
+        ``data``: scores (B,), logprobs, ref_logprobs, non_score_reward, masks, kls (B, T),
+        queries and responses (lists; or their lengths as ``query_lens`` / ``response_lens``),
+        train_stats (stacked minibatch stats).
+        """
         mask = data.pop("masks")
         kls = data.pop("kls")
         kl_list = (kls * mask).sum(dim=-1)  # (B,) sequence KL with the configured estimator
@@ -792,12 +945,12 @@ class PPOTrainer(BaseTrainer):
             "ppo/mean_scores": scores.mean(),
             "ppo/std_scores": scores.std() if scores.numel() > 1 else torch.zeros(()),
         }
-        query_lens = torch.tensor([len(q) for q in data["queries"]], dtype=torch.float)
-        response_lens = torch.tensor([len(r) for r in data["responses"]], dtype=torch.float)
+        query_lens = data.get("query_lens")  # given (gathered from all processes) by step
+        response_lens = data.get("response_lens")
+        query_lens = _lengths(data["queries"]) if query_lens is None else query_lens
+        response_lens = _lengths(data["responses"]) if response_lens is None else response_lens
         for name, lens in (("queries", query_lens), ("responses", response_lens)):
-            stats[f"tokens/{name}_len_mean"] = lens.mean().item()
-            stats[f"tokens/{name}_len_std"] = lens.std().item() if lens.numel() > 1 else 0.0
-            stats[f"tokens/{name}_dist"] = lens.numpy()
+            stats.update(_length_stats(name, lens))
         for key, value in data["train_stats"].items():
             mean = value.float().mean(dim=0)
             stats[f"ppo/{key}"] = mean.reshape(()) if mean.numel() == 1 and key not in _VECTOR_STATS else mean
@@ -902,6 +1055,167 @@ model = AutoModelForCausalLMWithValueHead.from_pretrained("{path.name}")
         self.tokenizer.save_pretrained(save_directory)
         self.create_model_card(save_directory)
 
+    # ================================================================== checkpoints
+    def save_checkpoint(self, directory: Union[str, Path]) -> Path:
+        """Save the complete training state to ``directory/checkpoint-<current_step>``, atomically.
+
+        The checkpoint holds the policy and value head (for a peft model: the trainable
+        adapter and value head only), the optimizer, the learning-rate scheduler, the
+        random-number generators of every process (accelerate's files), and
+        ``ppo_trainer_state.json``: the step count, KL controller, score-scaling moments,
+        dataloader position and non-finite counters. It is written to a hidden temporary
+        folder and renamed into place only when complete (see `rlft.utils.checkpoint`),
+        so a kill during the save leaves the previous checkpoints intact. With
+        ``PPOConfig.save_total_limit`` only that many newest checkpoints are kept.
+        Call it on every process. Returns the checkpoint folder.
+        """
+        directory = Path(directory)
+        final = directory / f"{CHECKPOINT_PREFIX}{self.current_step}"
+        acc = self.accelerator
+        marker = {"step": self.current_step, "trainer": type(self).__name__}
+        with atomic_directory(final, marker_extra=marker, is_main_process=acc.is_main_process, barrier=acc.wait_for_everyone) as tmp:
+            acc.save_state(str(tmp))  # the policy goes through _save_policy_hook
+            if acc.is_main_process:
+                (tmp / TRAINER_STATE_FILE).write_text(json.dumps(self._trainer_state(), indent=1), encoding="utf-8")
+        if self.nonfinite.consecutive == 0:  # saved while healthy: a good point to come back to
+            self.nonfinite.last_good_checkpoint = final
+        if acc.is_main_process and self.config.save_total_limit is not None:
+            keep = {self.nonfinite.last_good_checkpoint, final}
+            prune_checkpoints(directory, self.config.save_total_limit, protect=keep)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Union[str, Path]) -> Path:
+        """Restore the state written by `save_checkpoint`; returns the checkpoint folder used.
+
+        ``path`` is a checkpoint folder, or a run folder whose latest complete checkpoint is
+        used. Build the trainer exactly as for the original run (same base model, reference,
+        config, dataset, optimizer and scheduler types), then call this on every process:
+        the next `step` (and the next batch of ``self.dataloader``) continue where the saved
+        run stopped. Raises FileNotFoundError / ValueError naming what is missing or does not match.
+        """
+        ckpt = resolve_checkpoint(path)
+        state_file = ckpt / TRAINER_STATE_FILE
+        if not state_file.is_file():
+            raise ValueError(f"{ckpt} is not a PPOTrainer checkpoint: it has no {TRAINER_STATE_FILE}.")
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{state_file} is not a {CHECKPOINT_FORMAT} file (format={state.get('format')!r}).")
+        self._check_checkpoint_matches(ckpt, state)
+        self.accelerator.load_state(str(ckpt))  # the policy goes through _load_policy_hook
+        self.current_step = int(state["step"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.running.load_state_dict(state["running"])
+        self.nonfinite.load_state_dict(state["nonfinite"])
+        self.nonfinite.last_good_checkpoint = ckpt
+        if self.dataloader is not None and state.get("dataloader") is not None:
+            self.dataloader.load_state_dict(state["dataloader"])
+        self._drop_gradients()
+        return ckpt
+
+    def _trainer_state(self) -> dict:
+        from .. import __version__
+
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "rlft_version": __version__,
+            "step": self.current_step,
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "running": self.running.state_dict(),
+            "nonfinite": self.nonfinite.state_dict(),
+            "dataloader": self.dataloader.state_dict() if self.dataloader is not None else None,
+            "world_size": self.accelerator.num_processes,
+            "has_scheduler": self.lr_scheduler is not None,
+            "is_peft_model": self.is_peft_model,
+            "reference_fingerprint": self._reference_fingerprint(),
+            "config": self.config.to_dict(),
+        }
+
+    def _check_checkpoint_matches(self, ckpt: Path, state: dict) -> None:
+        """Refuse checkpoints that would silently train something else; warn about benign differences."""
+        if bool(state.get("is_peft_model")) != self.is_peft_model:
+            raise ValueError(
+                f"{ckpt} was saved from a {'peft' if state.get('is_peft_model') else 'full'} model but this trainer has a "
+                f"{'peft' if self.is_peft_model else 'full'} one; build the trainer as in the saved run."
+            )
+        if state.get("has_scheduler") and self.lr_scheduler is None:
+            warnings.warn(f"{ckpt} holds a learning-rate scheduler state but this trainer has no lr_scheduler; it is ignored.",
+                          UserWarning, stacklevel=3)
+        if self.lr_scheduler is not None and not state.get("has_scheduler"):
+            raise ValueError(f"This trainer has an lr_scheduler but {ckpt} was saved without one; pass lr_scheduler=None.")
+        saved_fp, fp = state.get("reference_fingerprint"), self._reference_fingerprint()
+        if saved_fp is not None and fp is not None and saved_fp != fp:
+            raise ValueError(
+                f"The reference model differs from the one {ckpt} was trained against (the KL penalty would change). "
+                "Build the trainer from the same base model as the saved run (not from a trained checkpoint), "
+                "then load_checkpoint restores the trained policy."
+            )
+        if state.get("world_size") != self.accelerator.num_processes:
+            warnings.warn(
+                f"{ckpt} was saved with {state.get('world_size')} processes, this run has {self.accelerator.num_processes}: "
+                "the weights, optimizer and counters are restored, but the random streams and the data order differ "
+                "from an uninterrupted run.", UserWarning, stacklevel=3,
+            )
+        for key in ("batch_size", "mini_batch_size", "gradient_accumulation_steps", "seed"):
+            saved = state.get("config", {}).get(key)
+            if saved is not None and saved != getattr(self.config, key):
+                warnings.warn(f"PPOConfig.{key} was {saved} in {ckpt}, now {getattr(self.config, key)}.", UserWarning, stacklevel=3)
+
+    def _reference_fingerprint(self) -> Optional[list[float]]:
+        """A few values of every frozen reference parameter (the base weights for peft), to detect a changed reference."""
+        if self.ref_model is not None:
+            params = list(self.ref_model.parameters())
+        else:
+            params = [p for p in self.accelerator.unwrap_model(self.model).parameters() if not p.requires_grad]
+        if not params or any(p.numel() == 0 for p in params):  # sharded (ZeRO-3) or empty: nothing reliable to compare
+            return None
+        with torch.no_grad():
+            return [round(float(p.detach().reshape(-1)[:_FINGERPRINT_ELEMENTS].double().sum()), 6) for p in params]
+
+    def _policy_state(self) -> dict[str, Tensor]:
+        """Parameters a checkpoint stores: all of the policy and value head, or only the trainable ones for peft."""
+        policy = self.accelerator.unwrap_model(self.model)
+        return {n: p for n, p in policy.named_parameters() if p.requires_grad or not self.is_peft_model}
+
+    def _save_policy_hook(self, models, weights, output_dir) -> None:
+        # accelerate would save the full state dict (for peft: the whole frozen base); save our own selection instead.
+        for i, model in enumerate(models):
+            if model is self.model and i < len(weights):
+                weights.pop(i)
+                if self.accelerator.is_main_process:
+                    from safetensors.torch import save_file
+
+                    tensors = {n: p.detach().contiguous().cpu() for n, p in self._policy_state().items()}
+                    save_file(tensors, str(Path(output_dir) / POLICY_FILE), metadata={"format": "pt", "writer": "rlft"})
+                return
+
+    def _load_policy_hook(self, models, input_dir) -> None:
+        if self.model not in models:  # DeepSpeed / FSDP: accelerate loads the engine's own files
+            return
+        models.remove(self.model)
+        path = Path(input_dir) / POLICY_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the checkpoint has no policy weights.")
+        from safetensors.torch import load_file
+
+        try:
+            saved = load_file(str(path))
+        except Exception as err:  # safetensors raises several types for a damaged file
+            raise ValueError(f"Could not read {path}: the file is damaged ({err}).") from err
+        params = self._policy_state()
+        missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} does not match this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. Build the trainer as in the saved run."
+            )
+        for name, param in params.items():  # check everything before changing anything
+            if tuple(saved[name].shape) != tuple(param.shape):
+                raise ValueError(f"{path}: {name} has shape {tuple(saved[name].shape)}, the model expects {tuple(param.shape)}.")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(saved[name].to(device=param.device, dtype=param.dtype))
+
 
 # ====================================================================== helpers
 def _pad(seqs: list[Tensor], value: int, side: str) -> tuple[Tensor, Tensor]:
@@ -936,6 +1250,79 @@ def _after_first(tokens: Tensor, eos_ids: set[int]) -> int:
         is_eos |= tokens == e
     hits = torch.nonzero(is_eos)
     return int(hits[0, 0]) + 1 if hits.numel() else tokens.shape[0]
+
+
+def _check_token_tensor(t: Tensor, what: str, min_len: int) -> None:
+    """A 1-D tensor of integer token ids with data (any device: it is moved to the trainer's)."""
+    if t.dim() != 1:
+        raise ValueError(f"{what} must be a 1-D tensor of token ids, got shape {tuple(t.shape)}.")
+    if t.is_meta:
+        raise ValueError(f"{what} is on the 'meta' device and holds no data; pass real token ids.")
+    if t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{what} holds floats ({t.dtype}); token ids must be integers.")
+    if t.dtype == torch.bool:
+        raise TypeError(f"{what} holds booleans; token ids must be integers (torch.long).")
+    if t.numel() < min_len:
+        raise ValueError(f"{what} is empty; every query needs at least one token.")
+
+
+def _score_value(s, i: int) -> Tensor:
+    """One score (a number or a one-element tensor) as a 0-d float32 tensor; anything else is an error."""
+    if isinstance(s, Tensor):
+        if s.is_meta:
+            raise ValueError(f"score {i} is on the 'meta' device and holds no data.")
+        if s.numel() != 1:
+            raise ValueError(f"score {i} must be a scalar, got a tensor of shape {tuple(s.shape)}; reduce it to one number per response.")
+        if s.dtype == torch.bool or s.is_complex():
+            raise TypeError(f"score {i} must be a real number, got a {s.dtype} tensor.")
+        return s.detach().reshape(()).float()
+    if isinstance(s, (bool, np.bool_, complex, np.complexfloating)) or not isinstance(s, (int, float, np.number)):
+        raise TypeError(f"score {i} must be a number or a 0-d tensor, got {type(s).__name__}.")
+    return torch.tensor(float(s))
+
+
+def _vocab_and_context(model) -> tuple[Optional[int], Optional[int]]:
+    """Embedding rows and maximum positions of the wrapped model (None where it has no fixed limit)."""
+    inner = getattr(model, "pretrained_model", model)
+    try:
+        vocab = int(inner.get_input_embeddings().num_embeddings)
+    except (AttributeError, NotImplementedError, TypeError):
+        vocab = None
+    cfg = getattr(inner, "config", None)
+    context = None
+    for attr in ("n_positions", "max_position_embeddings"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            context = value
+            break
+    return vocab, context
+
+
+@contextlib.contextmanager
+def _out_of_memory_hint(where: str, advice: list[str], cleanup: Optional[Callable[[], None]] = None):
+    """Re-raise an out-of-memory error with the batch settings to lower (after ``cleanup``); others pass unchanged."""
+    try:
+        yield
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        if cleanup is not None:
+            cleanup()  # no half-accumulated gradient may leak into the next step
+        raise out_of_memory_error(err, where, advice) from err
+
+
+def _lengths(seqs: list[Tensor]) -> Tensor:
+    return torch.tensor([float(len(x)) for x in seqs])
+
+
+def _length_stats(name: str, lens: Tensor) -> dict:
+    """tokens/{name}_len_mean, _len_std and _dist of a (n,) tensor of lengths."""
+    lens = lens.detach().float().cpu()
+    return {
+        f"tokens/{name}_len_mean": lens.mean().item(),
+        f"tokens/{name}_len_std": lens.std().item() if lens.numel() > 1 else 0.0,
+        f"tokens/{name}_dist": lens.numpy(),
+    }
 
 
 def _safe_var(values: Tensor, mask: Tensor) -> Tensor:

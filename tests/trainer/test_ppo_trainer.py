@@ -22,6 +22,10 @@ ppo/learning_rate time/ppo/forward_pass time/ppo/compute_rewards time/ppo/comput
 time/ppo/optimize_step time/ppo/calc_stats time/ppo/total""".split()
 
 
+#: Fields rlft adds after TRL's 47 (non-finite policy, checkpoint retention), with their defaults.
+RLFT_PPO_FIELDS = {"skip_nonfinite_steps": True, "max_consecutive_nonfinite_steps": 5, "save_total_limit": None}
+
+
 def make_trainer(model_path, tokenizer, arch="gpt2", ref=False, **cfg):
     cfg.setdefault("batch_size", 4)
     cfg.setdefault("mini_batch_size", 2)
@@ -45,7 +49,9 @@ def test_config_documented_fields_and_defaults():
     from dataclasses import fields
 
     names = [f.name for f in fields(PPOConfig)]
-    assert len(names) == 47
+    # The 47 TRL 0.7.10 fields come first, unchanged; rlft's reliability fields follow.
+    assert len(names) == 47 + len(RLFT_PPO_FIELDS)
+    assert names[47:] == list(RLFT_PPO_FIELDS)
     c = PPOConfig()
     expected = dict(seed=0, log_with=None, task_name=None, model_name=None, query_dataset=None, reward_model=None,
                     remove_unused_columns=True, tracker_kwargs={}, accelerator_kwargs={}, project_kwargs={},
@@ -59,6 +65,8 @@ def test_config_documented_fields_and_defaults():
     for key, value in expected.items():
         assert getattr(c, key) == value, key
     assert c.backward_batch_size == 1 and c.world_size == 1 and c.global_batch_size == 256
+    for key, value in RLFT_PPO_FIELDS.items():
+        assert getattr(c, key) == value, key
     assert c.global_backward_batch_size == 1
 
 
@@ -101,7 +109,11 @@ def test_trainer_signature():
     (lambda q, r, s: (q, [x.unsqueeze(0) for x in r], s), "1-D"),
     (lambda q, r, s: (q, r[:3] + [torch.tensor([], dtype=torch.long)], s), "empty"),
     (lambda q, r, s: (q, r, [torch.tensor([1.0, 2.0])] * 4), "scalar"),
-    (lambda q, r, s: (q, r, [torch.tensor(float("nan"))] + s[1:]), "NaN"),
+    (lambda q, r, s: (q, r, [torch.tensor(True)] + s[1:]), "real number"),
+    (lambda q, r, s: (q, r, s[:3] + [1 + 2j]), "number"),
+    (lambda q, r, s: ([x.bool() for x in q], r, s), "booleans"),
+    (lambda q, r, s: (q, [x + 5000 for x in r], s), "vocabulary"),
+    (lambda q, r, s: ([x.to("meta") for x in q], r, s), "meta"),
     (lambda q, r, s: (q, r, ["good"] * 4), "number"),
     (lambda q, r, s: ([x.float() for x in q], r, s), "floats"),
 ])
