@@ -38,6 +38,9 @@ TRUNCATION_MODES = ("keep_end", "keep_start")
 DEFAULT_MAX_LENGTH = 512
 DEFAULT_MAX_PROMPT_LENGTH = 128
 DEFAULT_MAX_TARGET_LENGTH = 128
+#: Trackers that take the generate_during_eval samples, and the columns of the sample table (TRL's).
+SAMPLE_TRACKERS = ("wandb", "tensorboard")
+SAMPLE_COLUMNS = ("Prompt", "Policy", "Ref Model")
 
 
 class _UnsetPadding(int):
@@ -91,7 +94,10 @@ class DPOTrainer(Trainer):
         peft_config: a peft config; ``model`` is then wrapped in a peft model.
         is_encoder_decoder: needed only when ``model`` is None; read from the model otherwise.
         disable_dropout: set dropout to 0 in ``model`` and ``ref_model``; default True.
-        generate_during_eval: log sampled policy and reference completions at each evaluation.
+        generate_during_eval: at each evaluation, sample completions of a random eval batch's
+            prompts from the policy and the reference and log them: a wandb table
+            ("game_log") when report_to has wandb, a text summary when it has tensorboard;
+            with neither, nothing is generated and one warning says so.
         precompute_ref_log_probs: compute the reference log-probabilities of the train and
             eval data once, before training, then release the reference model.
         model_init_kwargs, ref_model_init_kwargs: passed to ``from_pretrained`` when
@@ -204,6 +210,7 @@ class DPOTrainer(Trainer):
         self.label_pad_token_id = label_pad_token_id
         self.truncation_mode = truncation_mode
         self.generate_during_eval = generate_during_eval
+        self._sample_warnings: set[str] = set()
         self.precompute_ref_log_probs = precompute_ref_log_probs
         self.model_adapter_name = model_adapter_name
         self.ref_adapter_name = ref_adapter_name
@@ -777,22 +784,24 @@ class DPOTrainer(Trainer):
         decode = lambda ids: self.tokenizer.batch_decode(pad_to_length(ids, self.max_length, pad_id), skip_special_tokens=True)  # noqa: E731
         return decode(policy_out), (decode(reference_out) if reference_out is not None else [])
 
-    def _sample_tracker(self) -> str | None:
+    def _sample_trackers(self) -> list[str]:
+        """The trackers in ``args.report_to`` that take text: wandb (a table) and tensorboard (a text summary)."""
         report_to = self.args.report_to or []
         report_to = [report_to] if isinstance(report_to, str) else list(report_to)
-        for name in ("wandb", "tensorboard"):
-            if name in report_to:
-                return name
-        return None
+        return [name for name in SAMPLE_TRACKERS if name in report_to]
+
+    def _warn_samples_once(self, reason: str) -> None:
+        # One warning per trainer, not per evaluation: an eval every N steps would repeat it.
+        if reason not in self._sample_warnings:
+            self._sample_warnings.add(reason)
+            warnings.warn(f"DPOTrainer: generate_during_eval=True but {reason}", UserWarning, stacklevel=4)
 
     def _log_samples(self, dataloader: DataLoader) -> None:
-        tracker = self._sample_tracker()
-        if tracker is None:
-            warnings.warn(
-                "DPOTrainer: generate_during_eval=True but no tracker that takes text (report_to wandb or "
-                "tensorboard); samples are not generated.",
-                UserWarning,
-                stacklevel=3,
+        """Generate from the policy and the reference for a random eval batch and send a table to the trackers."""
+        trackers = self._sample_trackers()
+        if not trackers:
+            self._warn_samples_once(
+                "no tracker that takes text is in use (report_to has neither wandb nor tensorboard); samples are not generated."
             )
             return
         dataset = dataloader.dataset
@@ -801,22 +810,43 @@ class DPOTrainer(Trainer):
         batch = self._prepare_inputs(self.data_collator(rows))
         policy_texts, reference_texts = self.get_batch_samples(self.model, batch)
         reference_texts = reference_texts or [""] * len(policy_texts)
+        # decoder-only generations start with the prompt: keep only the continuation
         table = [
             [prompt, pol[len(prompt) :], ref[len(prompt) :]]
             for prompt, pol, ref in zip(batch["prompt"], policy_texts, reference_texts)
         ]
         self.last_eval_samples = table
-        if tracker == "wandb":
-            import wandb
+        if "wandb" in trackers:
+            self._log_samples_wandb(table)
+        if "tensorboard" in trackers:
+            self._log_samples_tensorboard(table)
 
-            if wandb.run is not None:
-                wandb.log({"game_log": wandb.Table(columns=["Prompt", "Policy", "Ref Model"], rows=table)})
-        else:
-            for callback in self.callback_handler.callbacks:
-                writer = getattr(callback, "tb_writer", None)
-                if writer is not None:
-                    text = "\n\n".join(f"**prompt** {p}\n\n**policy** {a}\n\n**reference** {b}" for p, a, b in table)
-                    writer.add_text("eval/samples", text, self.state.global_step)
+    def _log_samples_wandb(self, table: list[list[str]]) -> None:
+        import wandb
+
+        if wandb.run is None:
+            self._warn_samples_once("the wandb run has not started yet (it starts with train()); samples are not logged to wandb.")
+            return
+        wandb.log({"game_log": wandb.Table(columns=list(SAMPLE_COLUMNS), rows=table)})
+
+    def _log_samples_tensorboard(self, table: list[list[str]]) -> None:
+        writers = []
+        for callback in self.callback_handler.callbacks:
+            if not hasattr(callback, "tb_writer"):
+                continue
+            if callback.tb_writer is None and hasattr(callback, "_init_summary_writer"):
+                callback._init_summary_writer(self.args)  # what its on_log does before the first log
+            if callback.tb_writer is not None:
+                writers.append(callback.tb_writer)
+        if not writers:
+            self._warn_samples_once("report_to has tensorboard but no TensorBoard writer was found; samples are not logged.")
+            return
+        # Markdown, which TensorBoard's text plugin renders: one section per sample.
+        text = "\n\n".join(
+            f"**{SAMPLE_COLUMNS[0]}** {p}\n\n**{SAMPLE_COLUMNS[1]}** {a}\n\n**{SAMPLE_COLUMNS[2]}** {b}" for p, a, b in table
+        )
+        for writer in writers:
+            writer.add_text("eval/game_log", text, self.state.global_step)
 
     def evaluation_loop(
         self,

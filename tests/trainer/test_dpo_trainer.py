@@ -6,13 +6,15 @@ import ast
 import inspect
 import math
 import re
+import sys
+import types
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, TrainerCallback, TrainingArguments
 
 from rlft import DPOTrainer
 
@@ -360,3 +362,106 @@ def test_get_batch_samples_and_generate_during_eval_without_tracker(tmp_path, mo
     assert len(policy) == len(reference) == 4 and all(isinstance(t, str) for t in policy)
     with pytest.warns(UserWarning, match="no tracker"):
         trainer.evaluate()
+
+
+# A fake tracker stands in for wandb / tensorboard (neither is a dependency); the trainer is
+# built with report_to=[] (so transformers makes no real callback) and then pointed at the fake.
+def _fake_wandb(monkeypatch, started: bool = True) -> list[dict]:
+    logged: list[dict] = []
+    module = types.ModuleType("wandb")
+
+    class Table:
+        def __init__(self, columns, rows):
+            self.columns, self.rows = columns, rows
+
+    module.Table = Table
+    module.run = object() if started else None
+    module.log = lambda data, **kw: logged.append(data)
+    monkeypatch.setitem(sys.modules, "wandb", module)
+    return logged
+
+
+class _FakeTensorBoard(TrainerCallback):
+    """Mimics transformers' TensorBoardCallback: a ``tb_writer`` created on first use."""
+
+    def __init__(self):
+        self.tb_writer = None
+        self.texts: list[tuple[str, str, int]] = []
+
+    def _init_summary_writer(self, args):
+        self.tb_writer = types.SimpleNamespace(add_text=lambda tag, text, step: self.texts.append((tag, text, step)))
+
+
+def _record_generate(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Wrap ``model.generate`` to record (prompt ids, output ids) of every call."""
+    calls, real = [], model.generate
+
+    def generate(**kw):
+        out = real(**kw)
+        calls.append((kw["input_ids"].clone(), out.clone()))
+        return out
+
+    model.generate = generate
+    return calls
+
+
+def _sampling_trainer(tmp_path, model_path, tokenizer, report_to):
+    # The reference is a different architecture, so its samples are its own.
+    trainer = _trainer(tmp_path, _causal(model_path), tokenizer, ref_model=_causal(model_path, "llama"),
+                       generate_during_eval=True, eval_dataset=_dataset(4), max_length=24)
+    trainer.args.report_to = report_to
+    return trainer, _record_generate(trainer.model), _record_generate(trainer.ref_model)
+
+
+def _expected_rows(tokenizer, policy_calls, reference_calls):
+    """[prompt, policy continuation, reference continuation] decoded from the recorded generate calls."""
+    (prompts, policy_out), = policy_calls
+    (ref_prompts, reference_out), = reference_calls
+    assert torch.equal(prompts, ref_prompts)  # both models continued the same prompts
+    width = prompts.shape[1]  # decoder-only: outputs are prompt + continuation
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    return [[decode(prompts[i]), decode(policy_out[i, width:]), decode(reference_out[i, width:])] for i in range(len(prompts))]
+
+
+def test_generate_during_eval_logs_a_wandb_table(tmp_path, model_path, pad_tokenizer, monkeypatch):
+    logged = _fake_wandb(monkeypatch)
+    trainer, policy_calls, reference_calls = _sampling_trainer(tmp_path, model_path, pad_tokenizer, ["wandb"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = trainer.evaluate()
+    assert not [w for w in caught if "generate_during_eval" in str(w.message)]
+    assert "eval_loss" in metrics
+    assert len(logged) == 1 and list(logged[0]) == ["game_log"]
+    table = logged[0]["game_log"]
+    assert table.columns == ["Prompt", "Policy", "Ref Model"]
+    assert table.rows == _expected_rows(pad_tokenizer, policy_calls, reference_calls)
+    assert len(table.rows) == 4 and {row[0] for row in table.rows} <= set(PROMPTS)
+    assert all(row[1] and row[2] for row in table.rows)  # both models generated something
+
+
+def test_generate_during_eval_writes_tensorboard_text(tmp_path, model_path, pad_tokenizer):
+    trainer, policy_calls, reference_calls = _sampling_trainer(tmp_path, model_path, pad_tokenizer, ["tensorboard"])
+    board = _FakeTensorBoard()
+    trainer.add_callback(board)
+    trainer.evaluate()
+    text_logs = [t for t in board.texts if t[0] == "eval/game_log"]
+    assert len(text_logs) == 1 and text_logs[0][2] == trainer.state.global_step
+    for prompt, policy, reference in _expected_rows(pad_tokenizer, policy_calls, reference_calls):
+        assert f"**Prompt** {prompt}\n\n**Policy** {policy}\n\n**Ref Model** {reference}" in text_logs[0][1]
+
+
+def test_generate_during_eval_without_tracker_warns_once_and_skips(tmp_path, model_path, pad_tokenizer, monkeypatch):
+    trainer, policy_calls, reference_calls = _sampling_trainer(tmp_path, model_path, pad_tokenizer, [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.evaluate()
+        trainer.evaluate()
+    messages = [str(w.message) for w in caught if "generate_during_eval" in str(w.message)]
+    assert len(messages) == 1 and "no tracker that takes text" in messages[0]
+    assert policy_calls == [] and reference_calls == []  # nothing generated
+
+    logged = _fake_wandb(monkeypatch, started=False)  # wandb chosen but its run not started yet
+    trainer.args.report_to = ["wandb"]
+    with pytest.warns(UserWarning, match="wandb run has not started"):
+        trainer.evaluate()
+    assert logged == []
