@@ -5,6 +5,7 @@ A pure dataclass: importing it needs neither diffusers nor a GPU.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from ..import_utils import is_bitsandbytes_available, is_npu_available, is_xpu_a
 MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
 #: Trackers accelerate knows by name ("all" picks every installed one).
 LOG_WITH = ("all", "wandb", "tensorboard", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio")
+#: ProjectConfiguration options the trainer replaces: it names, writes (atomically) and prunes checkpoints itself.
+_TRAINER_CHECKPOINT_KEYS = ("automatic_checkpoint_naming", "total_limit", "iteration")
 
 
 def _has_gpu() -> bool:
@@ -35,13 +38,16 @@ class DDPOConfig:
     seed: int = 0
     """Seed of every random generator (sampling noise, prompts, shuffling)."""
     log_with: Optional[Literal["wandb", "tensorboard"]] = None
-    """Tracker accelerate logs to: "wandb", "tensorboard", ..., or None for none."""
+    """Tracker accelerate logs to: "wandb", "tensorboard", ... (a name accelerate knows), an
+    ``accelerate.tracking.GeneralTracker`` instance (a custom tracker), a list of these, or None for none."""
     tracker_kwargs: dict = field(default_factory=dict)
     """Keyword arguments for the tracker (``init_kwargs`` of ``accelerator.init_trackers``)."""
     accelerator_kwargs: dict = field(default_factory=dict)
     """Extra keyword arguments for ``accelerate.Accelerator``."""
     project_kwargs: dict = field(default_factory=dict)
-    """Extra keyword arguments for ``accelerate.utils.ProjectConfiguration``."""
+    """Extra keyword arguments for ``accelerate.utils.ProjectConfiguration``. ``project_dir`` (default:
+    ``logdir``) holds the ``checkpoints`` folder; ``total_limit`` overrides ``num_checkpoint_limit``;
+    ``automatic_checkpoint_naming`` is ignored: the trainer names and writes checkpoints itself (atomically)."""
     tracker_project_name: str = "trl"
     """Project name of the tracker."""
     logdir: str = "logs"
@@ -171,10 +177,23 @@ class DDPOConfig:
                 f"DDPOConfig.mixed_precision={self.mixed_precision!r} needs a GPU and none is available. "
                 "Set mixed_precision='no' (or 'bf16') to train on the CPU."
             )
-        if self.log_with is not None and self.log_with not in LOG_WITH:
-            raise ValueError(f"DDPOConfig.log_with must be None or one of {', '.join(LOG_WITH)}; got {self.log_with!r}.")
-        if self.log_with in ("wandb", "tensorboard"):
-            require(self.log_with, f"DDPOConfig(log_with={self.log_with!r})")
+        for tracker in self._trackers():
+            if isinstance(tracker, str):
+                if tracker not in LOG_WITH:
+                    raise ValueError(
+                        f"DDPOConfig.log_with must be None, one of {', '.join(LOG_WITH)}, an accelerate GeneralTracker "
+                        f"or a list of these; got {tracker!r}."
+                    )
+                if tracker in ("wandb", "tensorboard"):
+                    require(tracker, f"DDPOConfig(log_with={tracker!r})")
+            elif not _is_general_tracker(tracker):
+                raise ValueError(
+                    f"DDPOConfig.log_with: {type(tracker).__name__} is neither a tracker name nor an "
+                    "accelerate.tracking.GeneralTracker instance."
+                )
+        limit = self.project_kwargs.get("total_limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
+            raise ValueError(f"DDPOConfig.project_kwargs['total_limit'] must be a positive integer; got {limit!r}.")
         if self.train_use_8bit_adam and not is_bitsandbytes_available():
             raise ImportError(
                 "DDPOConfig.train_use_8bit_adam=True needs bitsandbytes: pip install bitsandbytes, "
@@ -186,7 +205,44 @@ class DDPOConfig:
         """Denoising steps trained on per sample: int(sample_num_steps * train_timestep_fraction)."""
         return int(self.sample_num_steps * self.train_timestep_fraction)
 
-    def to_dict(self) -> dict:
-        from dataclasses import asdict
+    def _trackers(self) -> list:
+        if self.log_with is None:
+            return []
+        return list(self.log_with) if isinstance(self.log_with, (list, tuple)) else [self.log_with]
 
-        return asdict(self)
+    @property
+    def project_dir(self) -> str:
+        """Folder of the run's checkpoints (``project_kwargs["project_dir"]``, default ``logdir``)."""
+        return self.project_kwargs.get("project_dir") or self.logdir
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """Where checkpoints are written: ``project_dir/checkpoints/checkpoint_<epoch>``."""
+        return os.path.join(self.project_dir, "checkpoints")
+
+    @property
+    def checkpoint_limit(self) -> int:
+        """Checkpoints kept: ``project_kwargs["total_limit"]`` when given (accelerate's name), else ``num_checkpoint_limit``."""
+        return self.project_kwargs.get("total_limit") or self.num_checkpoint_limit
+
+    def accelerate_project_kwargs(self) -> dict:
+        """Arguments for ``accelerate.utils.ProjectConfiguration``: ``project_kwargs`` without the checkpoint
+        naming and pruning options, which the trainer handles itself."""
+        kwargs = {k: v for k, v in self.project_kwargs.items() if k not in _TRAINER_CHECKPOINT_KEYS}
+        kwargs["project_dir"] = self.project_dir
+        return kwargs
+
+    def to_dict(self) -> dict:
+        """The fields as plain values (tracker instances in ``log_with`` by their name), for the trackers' run config."""
+        from dataclasses import fields
+
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "log_with"}
+        names = [t if isinstance(t, str) else getattr(t, "name", type(t).__name__) for t in self._trackers()]
+        out["log_with"] = None if self.log_with is None else names if isinstance(self.log_with, (list, tuple)) else names[0]
+        return out
+
+
+def _is_general_tracker(obj) -> bool:
+    from accelerate.tracking import GeneralTracker
+
+    return isinstance(obj, GeneralTracker)

@@ -118,12 +118,12 @@ class DDPOTrainer:
         self.global_step = 0
 
         # accelerator and trackers
-        self.checkpoint_dir = os.path.join(config.logdir, "checkpoints")
+        self.checkpoint_dir = config.checkpoint_dir
         resume_dir = self._resolve_resume_dir(config.resume_from) if config.resume_from else None
         self.accelerator = Accelerator(
             log_with=config.log_with,
             mixed_precision=config.mixed_precision,
-            project_config=ProjectConfiguration(project_dir=config.logdir, **config.project_kwargs),
+            project_config=ProjectConfiguration(**config.accelerate_project_kwargs()),
             # every trained timestep of every micro-batch is one accumulation micro-step
             gradient_accumulation_steps=config.train_gradient_accumulation_steps * self.num_train_timesteps,
             **config.accelerator_kwargs,
@@ -203,7 +203,9 @@ class DDPOTrainer:
         local_rewards = torch.as_tensor(np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1) for r in rewards]))
         all_rewards = self.accelerator.gather(local_rewards.to(self.accelerator.device)).cpu()
         self.accelerator.log(
-            {"reward": all_rewards.mean().item(), "reward_std": all_rewards.std(unbiased=False).item(), "epoch": epoch},
+            # TRL logged the reward array as "reward" (a wandb histogram); a scalar works with every tracker
+            {"reward": all_rewards.mean().item(), "reward_mean": all_rewards.mean().item(),
+             "reward_std": all_rewards.std(unbiased=False).item(), "epoch": epoch},
             step=global_step,
         )
         self.last_rewards = all_rewards
@@ -417,17 +419,21 @@ class DDPOTrainer:
         self.sd_pipeline.load_checkpoint(models, input_dir)
 
     def _resolve_resume_dir(self, resume_from: str) -> str:
+        """The checkpoint folder to resume from: ``resume_from`` itself, or the newest complete checkpoint in it."""
         path = os.path.normpath(os.path.expanduser(resume_from))
         if not os.path.isdir(path):
             raise ValueError(f"DDPOConfig.resume_from={resume_from!r} is not a folder.")
         if not os.path.basename(path).startswith(CHECKPOINT_PREFIX):
+            # Only checkpoint_<N> folders holding the state file, which is written last, count;
+            # "checkpoint_<N>.tmp" left by an interrupted save never matches.
             found = sorted(
                 (int(name[len(CHECKPOINT_PREFIX):]), name)
                 for name in os.listdir(path)
                 if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit()
+                and os.path.isfile(os.path.join(path, name, TRAINER_STATE_FILE))
             )
             if not found:
-                raise ValueError(f"No {CHECKPOINT_PREFIX}N folder in {path} to resume from.")
+                raise ValueError(f"No complete {CHECKPOINT_PREFIX}N folder in {path} to resume from.")
             path = os.path.join(path, found[-1][1])
         if not os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
             raise ValueError(f"{path} is not a complete DDPO checkpoint (no {TRAINER_STATE_FILE}).")
@@ -453,7 +459,7 @@ class DDPOTrainer:
                 int(n[len(CHECKPOINT_PREFIX):]) for n in os.listdir(self.checkpoint_dir)
                 if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX):].isdigit()
             )
-            for old in existing[: max(0, len(existing) - self.config.num_checkpoint_limit)]:
+            for old in existing[: max(0, len(existing) - self.config.checkpoint_limit)]:
                 shutil.rmtree(os.path.join(self.checkpoint_dir, f"{CHECKPOINT_PREFIX}{old}"), ignore_errors=True)
         self.accelerator.wait_for_everyone()
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from accelerate.tracking import GeneralTracker
 
 from rlft.trainer.ddpo_config import DDPOConfig
 
@@ -91,37 +95,182 @@ def test_calculate_loss_shapes_and_cfg(tmp_path):
     assert abs(loss.item()) < 1e-4 and kl.item() < 1e-8 and clipfrac.item() == 0
 
 
+PROMPTS = ["the cat", "a dog", "red"]
+
+
+def global_rng_prompt_fn(record: list):
+    """A prompt function drawing from the global random and numpy RNGs (as TRL's examples do); records its draws."""
+
+    def prompt_fn():
+        prompt, k = random.choice(PROMPTS), int(np.random.randint(1000))
+        record.append((prompt, k))
+        return prompt, {"k": k}
+
+    return prompt_fn
+
+
 @pytest.mark.parametrize("use_lora", [False, True])
 def test_resume_reproduces_uninterrupted_run(tmp_path, use_lora):
-    full = make_trainer(config(tmp_path / "a", num_epochs=3, per_prompt_stat_tracking=True,
-                               per_prompt_stat_tracking_min_count=2), use_lora=use_lora)
+    """2 epochs straight == 1 epoch, save, fresh process state, resume, 1 epoch: same weights and same prompts."""
+    kw = dict(num_epochs=2, per_prompt_stat_tracking=True, per_prompt_stat_tracking_min_count=2)
+    straight_prompts: list = []
+    full = make_trainer(config(tmp_path / "a", **kw), use_lora=use_lora)
+    full.prompt_fn = global_rng_prompt_fn(straight_prompts)
     full.train()
     expected = trainable(full)
 
-    first = make_trainer(config(tmp_path / "b", num_epochs=3, per_prompt_stat_tracking=True,
-                                per_prompt_stat_tracking_min_count=2), use_lora=use_lora)
-    first.train(epochs=2)
+    first_prompts: list = []
+    first = make_trainer(config(tmp_path / "b", **kw), use_lora=use_lora)
+    first.prompt_fn = global_rng_prompt_fn(first_prompts)
+    first.train(epochs=1)
     checkpoints = tmp_path / "b" / "logs" / "checkpoints"
-    assert sorted(os.listdir(checkpoints)) == ["checkpoint_0", "checkpoint_1"]
+    assert sorted(os.listdir(checkpoints)) == ["checkpoint_0"]
     del first
-    resumed = make_trainer(
-        config(tmp_path / "b", num_epochs=3, per_prompt_stat_tracking=True, per_prompt_stat_tracking_min_count=2,
-               resume_from=str(checkpoints)),
-        use_lora=use_lora, seed=1,  # the prompt function's own RNG differs; only restored state may matter
-    )
-    assert resumed.first_epoch == 2 and resumed.global_step == 8
-    # the prompt function here is stateful outside our control: give the resumed run the same prompts
-    resumed.prompt_fn = _advance(make_prompt_fn(0), 2 * 4)
+    # What a new process would have: other RNG states (and other initial LoRA weights).
+    random.seed(1234)
+    np.random.seed(1234)
+    torch.manual_seed(1234)
+
+    resumed_prompts: list = []
+    resumed = make_trainer(config(tmp_path / "b", resume_from=str(checkpoints), **kw), use_lora=use_lora)
+    resumed.prompt_fn = global_rng_prompt_fn(resumed_prompts)
+    assert resumed.first_epoch == 1 and resumed.global_step == 4
     resumed.train()
+
+    per_epoch = 4  # sample_batch_size 2 * sample_num_batches_per_epoch 2
+    assert first_prompts == straight_prompts[:per_epoch]
+    assert resumed_prompts == straight_prompts[per_epoch:]
     got = trainable(resumed)
-    assert all(torch.allclose(expected[n], got[n], atol=1e-6) for n in expected)
-    assert torch.allclose(full.last_rewards, resumed.last_rewards)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=0, msg=name)
+    assert resumed.global_step == full.global_step == 8
+    assert torch.equal(full.last_rewards, resumed.last_rewards)
 
 
-def _advance(fn, n):
-    for _ in range(n):
-        fn()
-    return fn
+def test_interrupted_save_leaves_no_complete_looking_checkpoint(tmp_path, monkeypatch):
+    trainer = make_trainer(config(tmp_path, num_epochs=2))
+    trainer.train(epochs=1)
+    checkpoints = os.path.join(trainer.config.logdir, "checkpoints")
+    real_save = trainer.accelerator.save_state
+
+    def crash_after_writing(output_dir, **kw):
+        real_save(output_dir, **kw)  # every file written, the trainer state not yet
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(trainer.accelerator, "save_state", crash_after_writing)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert sorted(os.listdir(checkpoints)) == ["checkpoint_0", "checkpoint_1.tmp"]
+    assert not os.path.exists(os.path.join(checkpoints, "checkpoint_1.tmp", "ddpo_trainer_state.json"))
+
+    # resuming from the folder takes the last complete checkpoint; an explicit partial one is refused
+    resumed = make_trainer(config(tmp_path, num_epochs=2, resume_from=checkpoints))
+    assert resumed.first_epoch == 1 and resumed.global_step == 4
+    with pytest.raises(ValueError, match="not a complete DDPO checkpoint"):
+        make_trainer(config(tmp_path, resume_from=os.path.join(checkpoints, "checkpoint_1.tmp")))
+    # the next save replaces the leftover
+    resumed.train()
+    assert sorted(os.listdir(checkpoints)) == ["checkpoint_0", "checkpoint_1"]
+
+
+def test_gradient_accumulation_matches_one_full_batch(tmp_path):
+    """Same samples: train_batch_size 1 x accumulation 2 makes the same update as batch 2 x accumulation 1."""
+    # Adam with a large epsilon moves each weight by about lr * gradient, so a wrong gradient scale
+    # shows in the update (with eps 1e-8 its first step is nearly sign(gradient)); no clipping.
+    common = dict(num_epochs=1, sample_batch_size=2, sample_num_batches_per_epoch=1, save_freq=10, sample_num_steps=3,
+                  train_learning_rate=1.0, train_adam_epsilon=1.0, train_max_grad_norm=1e6)
+    full = make_trainer(config(tmp_path / "full", train_batch_size=2, train_gradient_accumulation_steps=1, **common))
+    samples, prompt_image_data = full._generate_samples(1, 2)
+
+    def update(trainer):
+        trainer._generate_samples = lambda *a: (copy.deepcopy(samples), copy.deepcopy(prompt_image_data))
+        trainer.sd_pipeline.scheduler.set_timesteps(common["sample_num_steps"])  # sampling would have set them
+        before = trainable(trainer)
+        torch.manual_seed(0)  # same sample and timestep shuffles
+        steps = trainer.step(0, 0)
+        after = trainable(trainer)
+        return steps, {n: after[n] - before[n] for n in before}
+
+    full_steps, full_delta = update(full)
+    half_steps, half_delta = update(make_trainer(config(tmp_path / "half", train_batch_size=1,
+                                                        train_gradient_accumulation_steps=2, **common)))
+    single_steps, single_delta = update(make_trainer(config(tmp_path / "single", train_batch_size=1,
+                                                            train_gradient_accumulation_steps=1, **common)))
+    assert full_steps == half_steps == 1 and single_steps == 2
+    scale = max(d.abs().max().item() for d in full_delta.values())
+    assert scale > 1e-3  # the update is not negligible
+    for name in full_delta:
+        torch.testing.assert_close(half_delta[name], full_delta[name], atol=1e-4 * scale, rtol=1e-3, msg=name)
+    # control: two separate optimizer steps are a different update, and the comparison sees it
+    assert max((single_delta[n] - full_delta[n]).abs().max().item() for n in full_delta) > 1e-2 * scale
+
+
+class RecordingTracker(GeneralTracker):
+    """A custom accelerate tracker that keeps what it is given."""
+
+    name = "recording"
+    requires_logging_directory = False
+
+    def __init__(self):
+        super().__init__()
+        self.config, self.logs, self.images = None, [], []
+
+    @property
+    def tracker(self):
+        return self
+
+    def store_init_configuration(self, values):
+        self.config = values
+
+    def log(self, values, step=None, **kwargs):
+        self.logs.append((step, dict(values)))
+
+    def log_images(self, values, step=None, **kwargs):
+        self.images.append((step, values))
+
+
+def test_logs_rewards_stats_and_hook_images_to_trackers(tmp_path):
+    tracker = RecordingTracker()
+    seen = []
+
+    def hook(prompt_image_pairs, global_step, hook_tracker):
+        assert hook_tracker is tracker
+        seen.append(prompt_image_pairs)
+        hook_tracker.log_images({"samples": torch.cat([p[0] for p in prompt_image_pairs])}, step=global_step)
+
+    trainer = make_trainer(config(tmp_path, num_epochs=2, save_freq=10, log_with=tracker), hook=hook)
+    trainer.train()
+
+    assert tracker.config["num_epochs"] == 2 and tracker.config["log_with"] == "recording"
+    reward_logs = [(step, v) for step, v in tracker.logs if "reward" in v]
+    train_logs = [(step, v) for step, v in tracker.logs if "loss" in v]
+    assert [step for step, _ in reward_logs] == [0, 4]  # global step at each epoch's start
+    for (_, logged), pairs in zip(reward_logs, seen):
+        images = torch.cat([p[0] for p in pairs])  # (4, 3, 16, 16)
+        brightness = images.mean(dim=(1, 2, 3)).double()  # the reward function, recomputed
+        assert logged["reward"] == pytest.approx(brightness.mean().item(), rel=1e-5)
+        assert logged["reward_mean"] == logged["reward"]
+        assert logged["reward_std"] == pytest.approx(brightness.std(unbiased=False).item(), rel=1e-4)
+    assert [v["epoch"] for _, v in reward_logs] == [0, 1]
+    # one training log per optimizer step: 4 samples / batch 1 per epoch
+    assert [step for step, _ in train_logs] == list(range(8))
+    assert all({"loss", "approx_kl", "clipfrac", "epoch", "inner_epoch"} <= set(v) for _, v in train_logs)
+    assert all(math.isfinite(v["loss"]) for _, v in train_logs)
+    assert [step for step, _ in tracker.images] == [0, 4]
+    assert tracker.images[0][1]["samples"].shape == (4, 3, 16, 16)
+
+
+def test_trl_style_project_kwargs(tmp_path):
+    """TRL's examples pass project_dir, automatic_checkpoint_naming and total_limit; checkpoints still go
+    through the atomic save, into project_dir/checkpoints, pruned to total_limit."""
+    project = tmp_path / "save"
+    cfg = config(tmp_path, num_epochs=3, sample_num_batches_per_epoch=1, sample_batch_size=1, project_kwargs={
+        "project_dir": str(project), "automatic_checkpoint_naming": True, "total_limit": 2,
+        "logging_dir": str(tmp_path / "tb")})
+    trainer = make_trainer(cfg)
+    trainer.train()
+    assert sorted(os.listdir(project / "checkpoints")) == ["checkpoint_1", "checkpoint_2"]
+    assert all((project / "checkpoints" / n / "ddpo_trainer_state.json").is_file() for n in ["checkpoint_1", "checkpoint_2"])
 
 
 def test_checkpoint_limit_and_atomic_names(tmp_path):
@@ -204,7 +353,9 @@ def test_config_has_the_40_documented_fields_and_defaults():
         (dict(sample_eta=0.0), "sample_eta must be > 0"),
         (dict(num_epochs=0), "num_epochs must be a positive integer"),
         (dict(mixed_precision="fp32"), "mixed_precision must be one of"),
-        (dict(log_with="nonsense"), "log_with must be None or one of"),
+        (dict(log_with="nonsense"), "log_with must be None, one of"),
+        (dict(log_with=["all", 3]), "int is neither a tracker name nor"),
+        (dict(project_kwargs={"total_limit": 0}), r"project_kwargs\['total_limit'\] must be a positive integer"),
     ],
 )
 def test_config_validation(overrides, match):
