@@ -65,7 +65,10 @@ class DDPOConfig:
     allow_tf32: bool = True
     """Allow TF32 matmuls on Ampere GPUs (faster, slightly less precise)."""
     resume_from: Optional[str] = ""
-    """A checkpoint folder (``.../checkpoint_N``) or a folder of them (the newest is used) to resume from."""
+    """A checkpoint folder (``.../checkpoint_N``) or a folder of them (the newest complete one is used) to
+    resume from. Restores the trained weights (UNet or LoRA), the optimizer, the epoch and global step, the
+    per-prompt statistics and the random states of ``random``, ``numpy`` and ``torch``, so a ``prompt_function``
+    drawing from those continues with the prompts an uninterrupted run would have drawn."""
 
     # --- sampling
     sample_num_steps: int = 50

@@ -73,7 +73,9 @@ class DDPOTrainer:
         config: the `DDPOConfig`.
         reward_function: ``reward_function(images, prompts, prompt_metadata) -> (rewards, reward_metadata)``;
             images: (B, 3, H, W) in [0, 1]; rewards: B numbers (tensor, array or list).
-        prompt_function: ``prompt_function() -> (prompt, prompt_metadata)``, called once per image.
+        prompt_function: ``prompt_function() -> (prompt, prompt_metadata)``, called once per image. Draw
+            from the global ``random`` / ``numpy`` / ``torch`` generators to make prompts resumable:
+            checkpoints save and restore those states (a private ``random.Random`` is not saved).
         sd_pipeline: the `DDPOStableDiffusionPipeline` to train.
         image_samples_hook: optional ``hook(prompt_image_pairs, global_step, tracker)`` called each epoch with a
             list of ``[images, prompts, prompt_metadata, rewards, reward_metadata]`` per sampling batch, and the
