@@ -92,6 +92,7 @@ def plot_curves(
     _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +117,8 @@ def plot_curves(
             ax.plot(xs, ys, color="tab:blue", linewidth=1.5, marker="o" if len(ys) <= 30 else None, markersize=3)
         ax.set_ylabel(key, fontsize="small")
         ax.grid(True, alpha=0.3)
+        ax.ticklabel_format(axis="y", useOffset=False)  # "0.2" reads better than "+2e-1" over tiny ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel(xlabel)
     if title:
         fig.suptitle(title)

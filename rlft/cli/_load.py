@@ -1,0 +1,346 @@
+"""Models, tokenizers, datasets and reward functions for the command line, from local paths only.
+
+Models: a folder written by ``save_pretrained``, or a pseudo name ``tiny-<arch>``
+(``tiny-gpt2``, ``tiny-llama``, ``tiny-t5``, ...) that builds rlft's tiny random model and
+tokenizer offline. Datasets: a .json/.jsonl/.csv/.parquet file, a ``datasets.save_to_disk``
+folder, or ``tiny`` (lines of rlft's test corpus). Rewards: see `load_text_reward`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ._args import CLIError
+
+TINY_PREFIX = "tiny-"
+TINY_DATASET = "tiny"
+#: Rows of the tiny pseudo dataset.
+TINY_ROWS = 64
+
+
+# ====================================================================== models
+def is_tiny(name: str | None) -> bool:
+    return bool(name) and str(name).startswith(TINY_PREFIX)
+
+
+def tiny_model_folder(name: str) -> str:
+    """Build rlft's tiny random model ``tiny-<arch>`` with its tokenizer in a temporary folder; returns the folder."""
+    from ..testing import tiny
+
+    arch = name[len(TINY_PREFIX):]
+    if arch not in tiny.ARCHS:
+        raise CLIError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_PREFIX + a for a in tiny.ARCHS)}.")
+    folder = Path(tempfile.mkdtemp(prefix=f"rlft-{name}-"))
+    tokenizer = tiny.build_tokenizer(folder)
+    tiny.build_model(arch, tokenizer, save_dir=folder)
+    return str(folder)
+
+
+def model_folder(name: str | None, option: str = "--model_name_or_path") -> str:
+    """A local model folder for ``name`` (tiny pseudo names are built); clear errors otherwise."""
+    if not name:
+        raise CLIError(f"{option} is required: a local model folder, or tiny-gpt2 (or --tiny) for a smoke run.")
+    if is_tiny(name):
+        return tiny_model_folder(name)
+    if not Path(name).is_dir():
+        raise CLIError(
+            f"{option} {name!r} is not a folder. rlft's command line loads models from local folders written by "
+            "save_pretrained (nothing is downloaded); use tiny-gpt2 for a smoke run."
+        )
+    return str(name)
+
+
+def load_tokenizer(path: str, padding_side: str | None = None):
+    """AutoTokenizer from ``path``; a tokenizer without a pad token pads with its EOS token (as for GPT-2)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise CLIError(f"the tokenizer in {path} has neither a pad nor an EOS token; add a pad token to it.")
+        tokenizer.pad_token = tokenizer.eos_token
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def is_encoder_decoder(path: str) -> bool:
+    from transformers import AutoConfig
+
+    return bool(getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False))
+
+
+def load_lm(path: str):
+    """AutoModelForCausalLM, or AutoModelForSeq2SeqLM for encoder-decoder folders."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if is_encoder_decoder(path) else AutoModelForCausalLM
+    return auto.from_pretrained(path)
+
+
+# ====================================================================== datasets
+def load_rows(spec: str | None, split: str = "train", kind: str = "text", option: str = "--dataset"):
+    """A ``datasets.Dataset`` from a file, a saved folder, or ``tiny`` (then ``kind`` picks its columns:
+    "text", "prompt" or "preference")."""
+    import datasets
+
+    if not spec:
+        raise CLIError(f"{option} is required: a .json/.jsonl/.csv/.parquet file, a datasets.save_to_disk folder, or 'tiny'.")
+    if spec == TINY_DATASET:
+        return datasets.Dataset.from_list(tiny_rows(kind))
+    path = Path(spec)
+    if path.is_dir():
+        try:
+            data = datasets.load_from_disk(str(path))
+        except FileNotFoundError as err:
+            raise CLIError(f"{option} {spec}: not a folder written by datasets' save_to_disk ({err}).") from None
+        if isinstance(data, datasets.DatasetDict):
+            if split not in data:
+                raise CLIError(f"{option} {spec} has the splits {sorted(data)}; choose one with --dataset_split.")
+            data = data[split]
+        return data
+    if not path.is_file():
+        raise CLIError(f"{option} {spec!r}: no such file or folder (datasets are read from local paths only).")
+    suffix = path.suffix.lower()
+    if suffix in (".json", ".jsonl"):
+        return datasets.Dataset.from_list(_read_json_rows(path))
+    if suffix in (".csv", ".tsv"):
+        import pandas as pd
+
+        return datasets.Dataset.from_pandas(pd.read_csv(path, sep="\t" if suffix == ".tsv" else ","), preserve_index=False)
+    if suffix == ".parquet":
+        import pandas as pd
+
+        return datasets.Dataset.from_pandas(pd.read_parquet(path), preserve_index=False)
+    raise CLIError(f"{option} {spec}: unsupported file type {suffix!r}; use .json, .jsonl, .csv, .tsv or .parquet.")
+
+
+def _read_json_rows(path: Path) -> list[dict]:
+    import json
+
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        rows = json.loads(text)
+    elif stripped.startswith("{") and path.suffix.lower() == ".json" and "\n{" not in stripped:
+        data = json.loads(text)
+        lists = [v for v in data.values() if isinstance(v, list)] if isinstance(data, dict) else []
+        rows = lists[0] if len(lists) == 1 else [data]
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise CLIError(f"{path}: line {number} is not JSON ({err.msg}).") from None
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise CLIError(f"{path}: expected JSON objects (one per line, or a list of them); found none.")
+    return rows
+
+
+def tiny_rows(kind: str) -> list[dict]:
+    """Deterministic rows from rlft's test corpus: texts, prompts, or preference triples."""
+    from ..testing.tiny import corpus_lines
+
+    lines = [" ".join(line.split()) for line in corpus_lines() if len(line.split()) >= 8][:TINY_ROWS]
+    if kind == "text":
+        return [{"text": line} for line in lines]
+    if kind == "prompt":
+        return [{"query": " ".join(line.split()[:6])} for line in lines]
+    if kind == "preference":
+        rng = random.Random(0)
+        rows = []
+        for line in lines:
+            words = line.split()
+            rejected = words[4:12]
+            rng.shuffle(rejected)
+            rows.append({"prompt": " ".join(words[:4]), "chosen": " " + " ".join(words[4:12]), "rejected": " " + " ".join(rejected)})
+        return rows
+    raise ValueError(f"unknown tiny dataset kind {kind!r}")
+
+
+def require_columns(dataset, columns: Sequence[str], option: str) -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise CLIError(f"the dataset has no column(s) {missing} (it has {dataset.column_names}); set {option}.")
+
+
+def pick_column(dataset, wanted: str | None, candidates: Sequence[str], option: str) -> str:
+    """``wanted`` if the dataset has it, else the first of ``candidates`` it has; a clear error otherwise."""
+    if wanted:
+        require_columns(dataset, [wanted], option)
+        return wanted
+    for name in candidates:
+        if name in dataset.column_names:
+            return name
+    raise CLIError(f"the dataset has none of the columns {list(candidates)} (it has {dataset.column_names}); set {option}.")
+
+
+# ====================================================================== rewards
+#: Built-in text rewards: name -> (description, factory).
+def _vader() -> Callable[[list[str]], list[float]]:
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError as err:
+        raise CLIError("--reward vader needs the vaderSentiment package: pip install vaderSentiment.") from err
+    analyzer = SentimentIntensityAnalyzer()
+    return lambda texts: [analyzer.polarity_scores(t)["compound"] for t in texts]
+
+
+def _length() -> Callable[[list[str]], list[float]]:
+    # A toy reward for smoke runs: longer texts score higher (a tenth of a point per word).
+    return lambda texts: [len(t.split()) / 10.0 for t in texts]
+
+
+TEXT_REWARDS: dict[str, tuple[str, Callable]] = {
+    "vader": ("VADER sentiment compound score in [-1, 1] (needs vaderSentiment)", _vader),
+    "length": ("toy reward: words / 10 (for smoke runs)", _length),
+}
+
+
+def import_callable(spec: str, option: str = "--reward") -> Callable:
+    """``package.module:function`` or ``path/to/file.py:function`` -> the function."""
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise CLIError(f"{option} {spec!r}: expected module:function or path/to/file.py:function.")
+    try:
+        if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+            file = Path(module_name)
+            if not file.is_file():
+                raise CLIError(f"{option} {spec!r}: no file {file}.")
+            module_spec = importlib.util.spec_from_file_location(f"rlft_user_{file.stem}", file)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())  # as `python -m` would, so a module beside the user is found
+            module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise CLIError(f"{option} {spec!r}: cannot import {module_name!r} ({err}).") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise CLIError(f"{option} {spec!r}: {module_name} has no callable {attr!r}.")
+    return fn
+
+
+def load_text_reward(spec: str | None, batch_size: int = 16, label: str | None = None, device: str | None = None):
+    """A function ``texts -> list[float]`` from ``spec``.
+
+    ``spec`` is a built-in name (`TEXT_REWARDS`), a folder holding a sequence-classification
+    reward model (the logit of ``label`` is the score; a one-logit model needs no label), or
+    ``module:function`` / ``file.py:function`` naming ``f(texts: list[str]) -> list[float]``.
+    Returns (function, description).
+    """
+    if not spec:
+        raise CLIError(
+            f"--reward is required: {', '.join(TEXT_REWARDS)}, a reward-model folder, or module:function (f(texts) -> scores)."
+        )
+    if spec in TEXT_REWARDS:
+        fn, what = TEXT_REWARDS[spec][1](), f"{spec}: {TEXT_REWARDS[spec][0]}"
+    elif Path(spec).is_dir():
+        fn, what = _reward_model(spec, batch_size, label, device), f"reward model {spec}"
+    elif ":" in spec:
+        fn, what = import_callable(spec), f"function {spec}"
+    else:
+        raise CLIError(
+            f"--reward {spec!r} is neither a built-in ({', '.join(TEXT_REWARDS)}), a folder, nor module:function."
+        )
+    return _checked(fn, spec), what
+
+
+def _checked(fn: Callable, spec: str) -> Callable[[list[str]], list[float]]:
+    def score(texts: list[str]) -> list[float]:
+        out = fn(list(texts))
+        if hasattr(out, "detach"):
+            out = out.detach().float().cpu().reshape(-1).tolist()
+        elif hasattr(out, "tolist"):
+            out = out.reshape(-1).tolist()
+        out = list(out)
+        if len(out) != len(texts):
+            raise CLIError(f"--reward {spec}: returned {len(out)} scores for {len(texts)} texts; return one per text.")
+        values = [float(v) for v in out]
+        if not all(math.isfinite(v) for v in values):
+            raise CLIError(f"--reward {spec}: returned a non-finite score {values}.")
+        return values
+
+    return score
+
+
+def _reward_model(folder: str, batch_size: int, label: str | None, device: str | None):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(folder, padding_side="right")
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    if device:
+        model.to(device)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    index = _label_index(model.config, label, folder)
+    max_length = min(getattr(tokenizer, "model_max_length", 512) or 512, 1024)
+
+    @torch.no_grad()
+    def score(texts: list[str]) -> list[float]:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+            logits = model(**enc.to(model.device)).logits  # (b, num_labels)
+            out.extend(logits[:, index].float().cpu().tolist())
+        return out
+
+    return score
+
+
+def _label_index(config, label: str | None, folder: str) -> int:
+    names = {str(v): int(k) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    if label is None:
+        if config.num_labels == 1:
+            return 0
+        raise CLIError(
+            f"the reward model in {folder} has {config.num_labels} labels {sorted(names, key=names.get)}; "
+            "choose the rewarded one with --reward_label (a name or an index)."
+        )
+    if label in names:
+        return names[label]
+    if label.lstrip("-").isdigit() and -config.num_labels <= int(label) < config.num_labels:
+        return int(label) % config.num_labels
+    raise CLIError(f"--reward_label {label!r} is not a label of {folder}: {sorted(names, key=names.get)}.")
+
+
+# ====================================================================== generation
+def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int, batch_size: int = 8) -> list[str]:
+    """Sampled continuations (text after the prompt) of ``prompts`` under a fixed seed, not touching the global RNG."""
+    import torch
+
+    model_to_use = getattr(model, "pretrained_model", model)
+    device = next(model_to_use.parameters()).device
+    enc_dec = bool(getattr(model_to_use.config, "is_encoder_decoder", False))
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "right" if enc_dec else "left"
+    was_training = model_to_use.training
+    model_to_use.eval()
+    out: list[str] = []
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            for start in range(0, len(prompts), batch_size):
+                enc = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True).to(device)
+                generated = model_to_use.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=True, top_k=0, top_p=1.0,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                new = generated if enc_dec else generated[:, enc["input_ids"].shape[1]:]
+                out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = old_side
+        model_to_use.train(was_training)
+    return out

@@ -1,0 +1,235 @@
+"""What every command does around its training loop: open the run directory, save the config,
+report progress, stop cleanly on Ctrl-C, and finish with plots, a report and a model card."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import __version__
+from ..reporting import RunDir, TrainingProgress
+from ..reporting.report import Section, write_report
+from ._args import CLIError
+
+#: Exit status of a run stopped by Ctrl-C after saving (the shell convention for SIGINT).
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class RunOptions:
+    """Options shared by every training command (the run directory itself is ``--output_dir``)."""
+
+    tiny: bool = False
+    """Smoke run offline: tiny random model (tiny-gpt2), tiny dataset and small sizes, unless set otherwise."""
+    resume: bool = False
+    """Continue the run in --output_dir from its latest checkpoint (its config.yaml is the base; flags override)."""
+    overwrite: bool = False
+    """Replace an existing run directory at --output_dir (only one that rlft wrote)."""
+    num_samples: int = 4
+    """Prompts whose generations before and after training go in samples/ and the report."""
+    sample_max_new_tokens: int = 24
+    """New tokens per before/after sample generation."""
+    plots: bool = True
+    """Draw plots/*.png and the report (needs matplotlib; without it the report has no plots)."""
+
+
+def open_run(output_dir: str, options: RunOptions, command: str, config: dict) -> RunDir:
+    """Create (or, with --resume, reopen) the run directory and write config.yaml."""
+    if options.resume and not (Path(output_dir) / "config.yaml").is_file():
+        raise CLIError(f"--resume: {output_dir} is not a run directory (no config.yaml).")
+    try:
+        run = RunDir(output_dir, resume=options.resume, overwrite=options.overwrite)
+    except (FileExistsError, NotADirectoryError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    saved = dict(config)
+    saved["resume"] = False  # the file describes the run; --resume is how it was (re)started
+    saved["overwrite"] = False
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    run.save_config(saved, header=f"rlft {command} (rlft {__version__}), {stamp}.\nRerun: rlft {command} --config config.yaml --output_dir <new run>")
+    return run
+
+
+def progress(total: int | None, command: str, keys: Sequence[str], unit: str = "step", initial: int = 0) -> TrainingProgress:
+    return TrainingProgress(total, desc=f"rlft {command}", keys=keys, unit=unit, initial=initial)
+
+
+# ====================================================================== transformers.Trainer glue
+def trainer_callback(run: RunDir, stop_flag, command: str, keys: Sequence[str], count_tokens: bool = False):
+    """A TrainerCallback that logs to metrics.jsonl, draws the progress bar and honours the Ctrl-C flag."""
+    from transformers import TrainerCallback
+
+    class RunDirCallback(TrainerCallback):
+        def __init__(self):
+            self.bar: TrainingProgress | None = None
+            self.tokens_seen = 0
+            self.stopped_early = False
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = progress(state.max_steps, command, keys, initial=state.global_step).__enter__()
+            self.tokens_seen = state.num_input_tokens_seen
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                run.log_metrics(state.global_step, logs)
+                if self.bar is not None:
+                    self.bar.update(0, **logs)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            tokens = state.num_input_tokens_seen - self.tokens_seen if count_tokens else None
+            self.tokens_seen = state.num_input_tokens_seen
+            if self.bar is not None:
+                self.bar.update(1, tokens=tokens or None)
+            if stop_flag.stop and state.global_step < state.max_steps:
+                self.stopped_early = True
+                control.should_training_stop = True
+                control.should_save = True  # a checkpoint for --resume
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return RunDirCallback()
+
+
+def train_hf(trainer, run: RunDir, options: RunOptions, command: str, keys: Sequence[str], count_tokens: bool = False) -> bool:
+    """Train a transformers ``Trainer`` inside the run: metrics, progress bar, Ctrl-C, checkpoints, --resume.
+
+    Saves the final (or interrupted) model and tokenizer to ``model/``. Returns True when Ctrl-C
+    stopped training early.
+    """
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from ..reporting import graceful_interrupt
+
+    for cb in (PrinterCallback, ProgressCallback):  # the progress bar shows the numbers instead
+        trainer.remove_callback(cb)
+    mark_complete = _mark_complete_callback()
+    if mark_complete is not None:
+        trainer.add_callback(mark_complete)
+    last = _last_trainer_checkpoint(run) if options.resume else None
+    if options.resume:
+        run.truncate_metrics(int(Path(last).name.split("-")[-1]))  # later rows will be logged again
+    with graceful_interrupt() as stop:
+        callback = trainer_callback(run, stop, command, keys, count_tokens)
+        trainer.add_callback(callback)
+        trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(run.model_dir))
+    return callback.stopped_early
+
+
+def _mark_complete_callback():
+    try:
+        from ..utils.checkpoint import MarkCheckpointCompleteCallback
+    except ImportError:
+        return None
+    return MarkCheckpointCompleteCallback()
+
+
+def _last_trainer_checkpoint(run: RunDir) -> str:
+    """The latest complete ``checkpoint-<n>`` of a Trainer-based run (an error if there is none)."""
+    try:
+        from ..utils.checkpoint import latest_checkpoint
+    except ImportError:  # an rlft without rlft.utils.checkpoint: transformers' own lookup
+        from transformers.trainer_utils import get_last_checkpoint as latest_checkpoint
+    last = latest_checkpoint(str(run.checkpoints_dir)) if run.checkpoints_dir.is_dir() else None
+    if last is None:
+        raise CLIError(f"--resume: no complete checkpoint-<n> folder in {run.checkpoints_dir} to continue from.")
+    return str(last)
+
+
+def training_arguments_for_run(args, run: RunDir, **changes):
+    """A copy of the TrainingArguments whose checkpoints go to the run's checkpoints/ (config.yaml keeps the run path)."""
+    import dataclasses
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    values.update(output_dir=str(run.checkpoints_dir), **changes)
+    return type(args)(**values)
+
+
+# ====================================================================== finishing
+@dataclass
+class Plot:
+    """One PNG: its file name under plots/, the metrics drawn, and a title."""
+
+    name: str
+    keys: Sequence[str]
+    title: str
+    xlabel: str = "step"
+
+
+@dataclass
+class Finish:
+    """What a command hands to `finish_run` once training ends (or stops)."""
+
+    command: str
+    title: str
+    summary: str
+    plots: list[Plot] = field(default_factory=list)
+    samples_table: list[dict] | None = None
+    samples_heading: str = "Samples before and after training"
+    extra_sections: list[Section] = field(default_factory=list)
+    card_body: str = ""
+    tags: Sequence[str] = ()
+    images: list = field(default_factory=list)
+
+
+def finish_run(run: RunDir, finish: Finish, draw_plots: bool = True) -> dict:
+    """Draw the plots, write report.md/.html and the model card; returns the paths written."""
+    written: dict[str, Any] = {}
+    records = run.read_metrics()
+    images = []
+    if draw_plots:
+        try:
+            from ..reporting.plots import plot_curves
+
+            for plot in finish.plots:
+                images.append(plot_curves(records, plot.keys, run.plots_dir / plot.name, title=plot.title, xlabel=plot.xlabel))
+        except ImportError as err:
+            print(f"rlft {finish.command}: no plots ({err})")
+    sections = [Section("Summary", finish.summary)]
+    if images:
+        sections.append(Section("Curves", "Thin lines: values per step; thick lines: their moving average.", images=images))
+    if finish.samples_table:
+        sections.append(Section(finish.samples_heading, images=finish.images, table=finish.samples_table))
+    sections.extend(finish.extra_sections)
+    card = run.write_model_card(finish.title, finish.card_body or finish.summary, tags=[finish.command, *finish.tags])
+    sections.append(Section("Files", _files_markdown(run, finish.command)))
+    md, html = write_report(run, finish.title, sections)
+    written.update(report_md=str(md), report_html=str(html), model_card=str(card), plots=[str(p) for p in images])
+    return written
+
+
+def _files_markdown(run: RunDir, command: str) -> str:
+    lines = [
+        f"- `config.yaml`: every option of this run (`rlft {command} --config config.yaml --output_dir <new>` reruns it)",
+        "- `metrics.jsonl`: one JSON object per logged step",
+        "- `model/`: the trained model",
+        "- `README.md`: the model card",
+        "- `samples/`: sample generations (JSON lines)",
+        "- `plots/`: the curves above as PNG files",
+        "- `checkpoints/`: what `--resume` continues from",
+    ]
+    return "\n".join(line for line in lines if (run.path / line.split("`")[1].rstrip("/")).exists())
+
+
+def mean_of(records: list[dict], key: str, first: bool, fraction: float = 0.2) -> float | None:
+    """Mean of ``key`` over the first (or last) ``fraction`` of the rows holding it (at least one row)."""
+    values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+    if not values:
+        return None
+    n = max(1, int(len(values) * fraction))
+    return statistics.fmean(values[:n] if first else values[-n:])
+
+
+def fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def config_table(config: Any, names: Sequence[str]) -> str:
+    """A Markdown list of chosen config fields."""
+    get = config.get if isinstance(config, dict) else lambda n, d=None: getattr(config, n, d)
+    missing = object()
+    return "\n".join(f"- `{n}`: `{get(n, missing)}`" for n in names if get(n, missing) is not missing)

@@ -1,0 +1,147 @@
+"""``rlft bon``: best-of-n sampling. For each prompt, sample n continuations, score them, keep the best.
+
+Writes samples/best.jsonl (every candidate with its score, the best first) and one
+metrics row per prompt. Ctrl-C stops after the current prompt; --resume continues
+with the next one.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Optional
+
+from ._args import CLIError, merged_config, options_from_signature
+from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, finish_run, fmt, mean_of, open_run, progress
+
+DESCRIPTION = "Best-of-n sampling (BestOfNSampler): keep the best-scored of n generations per prompt."
+
+BAR_KEYS = ("score/best", "score/mean")
+PLOTS = [Plot("bon_scores.png", ["score/best", "score/mean", "score/gain"], "Best-of-n: scores per prompt (x: prompt number)")]
+SAMPLES = "best"
+
+CLI_DEFAULTS: dict = {}
+TINY_PRESET = dict(model_name_or_path="tiny-gpt2", dataset="tiny", reward="length", max_prompts=6, max_new_tokens=8, seed=0)
+
+
+@dataclass
+class BoNScriptArguments(RunOptions):
+    """Where the model, prompts and scorer come from, and how candidates are generated."""
+
+    output_dir: Optional[str] = None
+    """The run directory (default: runs/bon-<date>-<time>)."""
+    model_name_or_path: Optional[str] = None
+    """A local causal-LM folder, or tiny-<arch> (tiny-gpt2, ...) for an offline smoke run."""
+    tokenizer_name_or_path: Optional[str] = None
+    """The tokenizer folder (default: the model's)."""
+    dataset: Optional[str] = None
+    """Prompts: a .json/.jsonl/.csv/.parquet file, a datasets.save_to_disk folder, or 'tiny'."""
+    dataset_split: str = "train"
+    """The split of a saved DatasetDict."""
+    prompt_column: Optional[str] = None
+    """The column holding the prompts (default: the first of query, prompt, text)."""
+    max_prompts: Optional[int] = None
+    """Use only the first this many prompts."""
+    reward: Optional[str] = None
+    """The scorer: 'vader', 'length' (toy), a sequence-classifier folder, or module:function taking a list of texts."""
+    reward_label: Optional[str] = None
+    """For a reward model with several labels: the rewarded label (name or index)."""
+    reward_batch_size: int = 16
+    """Texts per forward pass of a reward model."""
+    min_new_tokens: Optional[int] = None
+    """With max_new_tokens: draw each prompt's continuation length in [min, max] (default: always max)."""
+    max_new_tokens: int = 32
+    """New tokens per candidate."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+
+
+BoNOptions = None  # built from BestOfNSampler's signature on first use
+
+
+def arguments():
+    from ..extras.best_of_n_sampler import BestOfNSampler
+
+    global BoNOptions
+    if BoNOptions is None:
+        BoNOptions = options_from_signature("BoNOptions", BestOfNSampler.__init__, doc=BestOfNSampler.__doc__)
+    return (BoNScriptArguments, BoNOptions)
+
+
+def run(args: BoNScriptArguments, options) -> dict:
+    """Sample as configured; returns a summary (run_dir, prompts, interrupted, exit_code, ...)."""
+    import torch
+
+    from ..core import LengthSampler
+    from ..extras.best_of_n_sampler import BestOfNSampler
+    from ..reporting import graceful_interrupt
+    from . import _load
+
+    if args.min_new_tokens is not None and not 0 < args.min_new_tokens <= args.max_new_tokens:
+        raise CLIError(f"--min_new_tokens ({args.min_new_tokens}) must lie in [1, --max_new_tokens ({args.max_new_tokens})].")
+    model_path = _load.model_folder(args.model_name_or_path)
+    if _load.is_encoder_decoder(model_path):
+        raise CLIError("rlft bon samples continuations of causal language models; the model in "
+                       f"{model_path} is an encoder-decoder.")
+    tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path)
+    rows = _load.load_rows(args.dataset, args.dataset_split, kind="prompt")
+    column = _load.pick_column(rows, args.prompt_column, ("query", "prompt", "text"), "--prompt_column")
+    prompts = [str(p) for p in rows[column]][: args.max_prompts]
+    reward_fn, reward_what = _load.load_text_reward(args.reward, args.reward_batch_size, args.reward_label)
+
+    run_dir = open_run(args.output_dir, args, "bon", merged_config(args, options))
+    done = len(run_dir.read_samples(SAMPLES)) if args.resume else 0
+    run_dir.truncate_metrics(done)
+    model = _load.load_lm(model_path).eval()
+    scored: list[tuple[list[str], list[float]]] = []
+
+    def scorer(texts):  # BestOfNSampler calls it once per prompt with that prompt's candidates
+        scores = reward_fn(texts)
+        scored.append((list(texts), scores))
+        return scores
+
+    length_sampler = LengthSampler(args.min_new_tokens, args.max_new_tokens + 1) if args.min_new_tokens else (lambda: args.max_new_tokens)
+    sampler = BestOfNSampler(
+        model, tokenizer, scorer, length_sampler, sample_size=options.sample_size, n_candidates=options.n_candidates,
+        # call k of a sampler runs under seed + k: a resumed run continues the same sequence of seeds
+        seed=None if options.seed is None else options.seed + done,
+    )
+    with graceful_interrupt() as stop, progress(len(prompts), "bon", BAR_KEYS, unit="prompt", initial=done) as bar:
+        for index in range(done, len(prompts)):
+            if stop.stop:
+                break
+            query = torch.tensor(tokenizer(prompts[index])["input_ids"], dtype=torch.long)
+            best = sampler.generate(query, do_sample=True, top_k=0, top_p=1.0, temperature=args.temperature,
+                                    pad_token_id=tokenizer.pad_token_id)[0]
+            texts, scores = scored.pop()
+            by_text = dict(zip(texts, scores))
+            row = {"prompt": prompts[index], "best": best, "best_scores": [by_text[t] for t in best],
+                   "candidates": texts, "scores": scores}
+            run_dir.append_samples(SAMPLES, [row])
+            metrics = {"score/best": max(scores), "score/mean": statistics.fmean(scores), "score/first": scores[0],
+                       "score/gain": max(scores) - statistics.fmean(scores)}
+            run_dir.log_metrics(index + 1, metrics)
+            bar.update(1, tokens=sum(len(tokenizer(t)["input_ids"]) for t in texts), **metrics)
+        finished = len(run_dir.read_samples(SAMPLES))
+    interrupted = finished < len(prompts)
+
+    results = run_dir.read_samples(SAMPLES)
+    records = run_dir.read_metrics()
+    summary = "\n".join([
+        f"Best-of-{options.sample_size} sampling from `{args.model_name_or_path}` on prompts from `{args.dataset}`, "
+        f"scored by {reward_what}.",
+        "",
+        f"- prompts done: {finished} of {len(prompts)}" + (" (stopped early with Ctrl-C)" if interrupted else ""),
+        f"- mean score of one sample: {fmt(mean_of(records, 'score/first', True, 1.0))}; of the best of {options.sample_size}: "
+        f"{fmt(mean_of(records, 'score/best', True, 1.0))}",
+        "",
+        "`samples/best.jsonl` holds, per prompt, the kept texts (`best`, best first) with their scores and every candidate.",
+    ])
+    table = [{"prompt": r["prompt"], "one sample": r["candidates"][0], "its score": r["scores"][0],
+              f"best of {len(r['candidates'])}": r["best"][0], "best score": r["best_scores"][0]} for r in results]
+    written = finish_run(run_dir, Finish(
+        command="bon", title=f"Best-of-{options.sample_size}: {args.model_name_or_path}", summary=summary, plots=PLOTS,
+        samples_table=table, samples_heading="One sample against the best of n",
+    ), draw_plots=args.plots)
+    return {"run_dir": str(run_dir.path), "prompts": finished, "interrupted": interrupted,
+            "exit_code": EXIT_INTERRUPTED if interrupted else 0, **written}

@@ -1,0 +1,103 @@
+"""``rlft sft``: supervised fine-tuning of a causal language model on a text column (`SFTTrainer`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from ._args import merged_config, options_from_signature
+from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, config_table, finish_run, fmt, mean_of, open_run, train_hf, training_arguments_for_run
+
+DESCRIPTION = "Supervised fine-tuning (SFTTrainer) of a causal language model on a text dataset."
+
+BAR_KEYS = ("loss", "eval_loss", "learning_rate")
+PLOTS = [Plot("sft_loss.png", ["loss", "eval_loss", "learning_rate"], "SFT: loss per step")]
+
+#: TrainingArguments defaults for command-line runs: log often enough to draw curves, our bar instead of
+#: transformers' printing, tokens counted for tokens/s, two checkpoints kept.
+CLI_DEFAULTS = dict(logging_steps=10, logging_first_step=True, disable_tqdm=True, report_to="none",
+                    include_num_input_tokens_seen=True, save_total_limit=2)
+TINY_PRESET = dict(
+    model_name_or_path="tiny-gpt2", dataset="tiny", max_steps=6, per_device_train_batch_size=4, learning_rate=1e-3,
+    logging_steps=1, save_steps=3, max_seq_length=64, sample_max_new_tokens=8, use_cpu=True,
+)
+
+
+@dataclass
+class SFTScriptArguments(RunOptions):
+    """Where the model and the data come from (the run directory is --output_dir)."""
+
+    model_name_or_path: Optional[str] = None
+    """A local causal-LM folder, or tiny-<arch> (tiny-gpt2, ...) for an offline smoke run."""
+    tokenizer_name_or_path: Optional[str] = None
+    """The tokenizer folder (default: the model's)."""
+    dataset: Optional[str] = None
+    """Training texts: a .json/.jsonl/.csv/.parquet file, a datasets.save_to_disk folder, or 'tiny'."""
+    dataset_split: str = "train"
+    """The split of a saved DatasetDict."""
+    eval_dataset: Optional[str] = None
+    """Evaluation texts (same formats); default: --eval_fraction of the training data, or none."""
+    eval_fraction: float = 0.0
+    """Without --eval_dataset: hold out this fraction of the training data for evaluation."""
+    max_train_samples: Optional[int] = None
+    """Use only the first this many training examples."""
+    sample_prompt_tokens: int = 8
+    """Before/after samples continue the first this many tokens of the first --num_samples texts."""
+
+
+SFTOptions = None  # built from SFTTrainer's signature on first use (keeps `rlft --help` free of transformers)
+
+
+def arguments():
+    from transformers import TrainingArguments
+
+    from ..trainer.sft_trainer import SFTTrainer
+
+    global SFTOptions
+    if SFTOptions is None:
+        # A keyword that TrainingArguments also has (neftune_noise_alpha) is given there, once.
+        taken = {f.name for f in dataclasses.fields(TrainingArguments)}
+        SFTOptions = options_from_signature("SFTOptions", SFTTrainer.__init__, exclude=taken, doc=SFTTrainer.__doc__)
+    return (SFTScriptArguments, SFTOptions, TrainingArguments)
+
+
+def run(args: SFTScriptArguments, options, training_args) -> dict:
+    """Fine-tune as configured; returns a summary (run_dir, steps, interrupted, exit_code, ...)."""
+    from ..trainer.sft_trainer import SFTTrainer
+    from . import _data, _load
+
+    model_path = _load.model_folder(args.model_name_or_path)
+    tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path)
+    train, evaluation = _data.train_eval(args, kind="text")
+    text_field = options.dataset_text_field or _load.pick_column(train, None, ("text", "content", "completion"), "--dataset_text_field")
+    _load.require_columns(train, [text_field], "--dataset_text_field")
+
+    run_dir = open_run(training_args.output_dir, args, "sft", merged_config(args, options, training_args))
+    kwargs = asdict(options)
+    kwargs["dataset_text_field"] = text_field
+    trainer = SFTTrainer(
+        model=model_path, args=_data.run_training_args(training_args, run_dir, evaluation), train_dataset=train,
+        eval_dataset=evaluation, processing_class=tokenizer, **kwargs,
+    )
+    prompts = _data.text_prompts(train[text_field][: args.num_samples], tokenizer, args.sample_prompt_tokens)
+    before = _data.lm_samples(run_dir, "before", trainer.model, tokenizer, prompts, args, training_args.seed, resume=args.resume)
+
+    interrupted = train_hf(trainer, run_dir, args, "sft", BAR_KEYS, count_tokens=True)
+    after = _data.lm_samples(run_dir, "after", trainer.model, tokenizer, prompts, args, training_args.seed)
+    records = run_dir.read_metrics()
+    summary = "\n".join([
+        f"Supervised fine-tuning of `{args.model_name_or_path}` on the `{text_field}` column of `{args.dataset}`.",
+        "",
+        f"- optimizer steps: {trainer.state.global_step} of {trainer.state.max_steps}" + (" (stopped early with Ctrl-C)" if interrupted else ""),
+        f"- training loss, first -> last logged steps: {fmt(mean_of(records, 'loss', True))} -> {fmt(mean_of(records, 'loss', False))}",
+        f"- evaluation loss at the end: {fmt(mean_of(records, 'eval_loss', False, fraction=0))}",
+        "",
+        config_table(training_args, ["learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps", "seed"]),
+    ])
+    written = finish_run(run_dir, Finish(
+        command="sft", title=f"SFT: {args.model_name_or_path}", summary=summary, plots=PLOTS,
+        samples_table=_data.before_after(before, after),
+    ), draw_plots=args.plots)
+    return {"run_dir": str(run_dir.path), "steps": trainer.state.global_step, "interrupted": interrupted,
+            "exit_code": EXIT_INTERRUPTED if interrupted else 0, "model_dir": str(run_dir.model_dir), **written}
