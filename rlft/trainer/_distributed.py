@@ -92,19 +92,11 @@ def masked_whiten_over_processes(values: Tensor, mask: Tensor, accelerator, shif
 
     if not is_distributed(accelerator):
         return masked_whiten(values, mask, shift_mean=shift_mean)
-    import torch.distributed as dist
-
-    keep = torch.broadcast_to(mask, values.shape) != 0
-    kept = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
-    sums = torch.stack([kept.sum().float(), keep.sum().float()])  # (sum, count)
-    dist.all_reduce(sums, dist.ReduceOp.SUM)
-    count = sums[1]
+    mean, var, count = get_global_statistics(accelerator, values, torch.broadcast_to(mask, values.shape), device=values.device)
     if count == 0:
         raise ValueError("masked_whiten_over_processes: no kept element on any process (every response is masked).")
-    mean = (sums[0] / count).to(values.dtype)
-    squares = torch.where(keep, (values - mean) ** 2, torch.zeros((), dtype=values.dtype, device=values.device)).sum().float()
-    dist.all_reduce(squares, dist.ReduceOp.SUM)
     # Bessel's correction n / (n - 1), as masked_var applies it.
-    var = (squares / count * (count / (count - 1)) if count > 1 else torch.zeros_like(squares)).to(values.dtype)
+    var = var * count / (count - 1) if count > 1 else torch.zeros_like(var)
+    mean, var = mean.to(values.dtype), var.to(values.dtype)
     whitened = (values - mean) * torch.rsqrt(var + WHITEN_EPS)
     return whitened + mean if not shift_mean else whitened

@@ -38,7 +38,9 @@ from ..functional.logprobs import entropy_from_logits, selected_log_probs
 from ..functional.ppo import approx_kl, gae, kl_full, kl_penalty, per_token_rewards, policy_loss, value_loss
 from ..functional.running import RunningMoments
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper, create_reference_model
-from ..utils.checkpoint import CHECKPOINT_PREFIX, atomic_directory, prune_checkpoints, resolve_checkpoint
+from ..utils.checkpoint import (
+    CHECKPOINT_PREFIX, atomic_directory, prune_checkpoints, remove_interrupted_saves, resolve_checkpoint,
+)
 from ..utils.faults import NonFiniteGuard, grad_norm, is_out_of_memory, nonfinite_names, out_of_memory_error
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
 from . import _distributed
@@ -268,12 +270,12 @@ class PPOTrainer(BaseTrainer):
                 f"The dataset has {len(dataset)} examples, fewer than PPOConfig.batch_size={self.config.batch_size}: "
                 "the dataloader (which drops incomplete batches) would yield nothing. Lower batch_size or add data."
             )
-        if not hasattr(dataset, "__len__"):  # iterable datasets: their own order; resume skips batches
-            return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, collate_fn=data_collator, drop_last=True)
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=self.config.batch_size, collate_fn=data_collator, drop_last=True,
-            sampler=ResumableSampler(len(dataset), seed=self.config.seed),
-        )
+        # Its own generator: starting an iterator must not draw from the global RNG (generation samples from it).
+        generator = torch.Generator().manual_seed(self.config.seed)
+        common = dict(batch_size=self.config.batch_size, collate_fn=data_collator, drop_last=True, generator=generator)
+        if not hasattr(dataset, "__len__"):  # iterable datasets keep their own order; resuming skips batches
+            return torch.utils.data.DataLoader(dataset, **common)
+        return torch.utils.data.DataLoader(dataset, sampler=ResumableSampler(len(dataset), seed=self.config.seed), **common)
 
     def _remove_unused_columns(self, dataset):
         if not self.config.remove_unused_columns:
@@ -438,6 +440,7 @@ class PPOTrainer(BaseTrainer):
             nonfinite = self._nonfinite_rollout(rollout)
             if nonfinite:
                 return self._skip_step(nonfinite, queries, responses, t_start)
+            running_before = self.running.state_dict()
             rollout.scores = self._prepare_scores(rollout.scores)
 
             # 3. per-token rewards
@@ -463,19 +466,21 @@ class PPOTrainer(BaseTrainer):
         t = time.time()
         stats = self._step_stats(rollout, all_stats, queries, responses)
         stats["ppo/skipped_minibatches"] = float(n_skipped)
-        if nonfinite:
+        if nonfinite:  # the epochs stopped early: the step counts as skipped, its controllers stay put
             self.nonfinite.bad_step(nonfinite, self.current_step)
+            self.running.load_state_dict(running_before)
         else:
             self.nonfinite.good_step()
         stats.update(self.nonfinite.stats(skipped=bool(nonfinite)))
         timing["time/ppo/calc_stats"] = time.time() - t
         stats["ppo/learning_rate"] = self.optimizer.param_groups[0]["lr"]
 
-        self.kl_ctl.update(stats["objective/kl"], self.config.batch_size * self.accelerator.num_processes)
+        if not nonfinite:
+            self.kl_ctl.update(stats["objective/kl"], self.config.batch_size * self.accelerator.num_processes)
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step()
         timing["time/ppo/total"] = time.time() - t_start
         stats.update(timing)
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.step()
         self.current_step += 1
         return stats
 
@@ -1073,6 +1078,8 @@ model = AutoModelForCausalLMWithValueHead.from_pretrained("{path.name}")
         final = directory / f"{CHECKPOINT_PREFIX}{self.current_step}"
         acc = self.accelerator
         marker = {"step": self.current_step, "trainer": type(self).__name__}
+        if acc.is_main_process:
+            remove_interrupted_saves(directory)
         with atomic_directory(final, marker_extra=marker, is_main_process=acc.is_main_process, barrier=acc.wait_for_everyone) as tmp:
             acc.save_state(str(tmp))  # the policy goes through _save_policy_hook
             if acc.is_main_process:
@@ -1163,10 +1170,10 @@ model = AutoModelForCausalLMWithValueHead.from_pretrained("{path.name}")
 
     def _reference_fingerprint(self) -> Optional[list[float]]:
         """A few values of every frozen reference parameter (the base weights for peft), to detect a changed reference."""
-        if self.ref_model is not None:
-            params = list(self.ref_model.parameters())
+        if self.ref_model is not None:  # the language model only: a copied value head plays no part in the KL
+            params = list(getattr(self.ref_model, "pretrained_model", self.ref_model).parameters())
         else:
-            params = [p for p in self.accelerator.unwrap_model(self.model).parameters() if not p.requires_grad]
+            params = [p for p in self.accelerator.unwrap_model(self.model).pretrained_model.parameters() if not p.requires_grad]
         if not params or any(p.numel() == 0 for p in params):  # sharded (ZeRO-3) or empty: nothing reliable to compare
             return None
         with torch.no_grad():

@@ -36,6 +36,8 @@ PathLike = Union[str, os.PathLike]
 #: Name of a checkpoint folder: ``checkpoint-<step>`` (transformers' naming, shared on purpose).
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+#: A complete checkpoint moved aside while a new save of the same step replaced it (see `_swap_into_place`).
+REPLACED_PATTERN = re.compile(r"^\.checkpoint-(\d+)\.replaced$")
 #: Marker written last into a checkpoint folder: its presence (with matching file sizes) means complete.
 COMPLETE_MARKER = "checkpoint_complete.json"
 #: Written last by transformers' Trainer._save_checkpoint; used as the marker of its checkpoints.
@@ -122,15 +124,25 @@ def list_checkpoints(directory: PathLike, complete_only: bool = True) -> list[Pa
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = []
+    found = {}
+    aside = {}
     for child in directory.iterdir():
+        if not child.is_dir():
+            continue
         step = checkpoint_step(child)
-        if step is None or not child.is_dir():
+        if step is None:
+            replaced = REPLACED_PATTERN.match(child.name)
+            if replaced and is_complete(child):
+                aside[int(replaced.group(1))] = child
             continue
         if complete_only and not is_complete(child):
             continue
-        found.append((step, child))
-    return [path for _, path in sorted(found)]
+        found[step] = child
+    # A kill between the two renames of an overwrite leaves the old copy aside: it is still good.
+    for step, child in aside.items():
+        if step not in found and not (directory / f"{CHECKPOINT_PREFIX}{step}").exists():
+            found[step] = child
+    return [found[step] for step in sorted(found)]
 
 
 def latest_checkpoint(directory: PathLike) -> Optional[Path]:
@@ -191,6 +203,28 @@ def prune_checkpoints(directory: PathLike, keep_last: Optional[int], protect=())
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
     return doomed
+
+
+def remove_interrupted_saves(directory: PathLike) -> list[Path]:
+    """Delete what killed saves left in ``directory``: hidden ``.checkpoint-<step>.incomplete`` and
+    ``.deleting`` folders, and copies moved aside whose replacement completed. Returns what was removed.
+
+    Call it only when no other process is saving into ``directory``.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for child in directory.iterdir():
+        name = child.name
+        stale = name.startswith(f".{CHECKPOINT_PREFIX}") and name.endswith((".incomplete", ".deleting"))
+        replaced = REPLACED_PATTERN.match(name)
+        if replaced and is_complete(directory / f"{CHECKPOINT_PREFIX}{replaced.group(1)}"):
+            stale = True
+        if stale and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
 
 
 # ---------------------------------------------------------------------- atomic writing
@@ -336,6 +370,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "prune_checkpoints",
+    "remove_interrupted_saves",
     "resolve_checkpoint",
     "temporary_path",
     "write_complete_marker",
