@@ -7,6 +7,8 @@ without its extra raises an ImportError that says which extra to install.
 
 from __future__ import annotations
 
+from importlib.util import find_spec as _find_spec
+
 from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
@@ -43,7 +45,11 @@ _EXPORTS: dict[str, str] = {
     "BestOfNSampler": ".extras.best_of_n_sampler",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+#: Names that need the diffusers extra. ``from rlft import *`` resolves all of ``__all__``, so they
+#: are listed only when diffusers is installed (TRL 0.7.10 exported them on the same condition).
+_NEEDS_DIFFUSERS = {"DDPOTrainer", "DDPOPipelineOutput", "DDPOSchedulerOutput", "DDPOStableDiffusionPipeline", "DefaultDDPOStableDiffusionPipeline"}
+_HAS_DIFFUSERS = _find_spec("diffusers") is not None
+__all__ = sorted(n for n in _EXPORTS if _HAS_DIFFUSERS or n not in _NEEDS_DIFFUSERS) + ["__version__"]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -18,6 +18,8 @@ __all__ = [
 ]
 
 # DDPO pipelines need the optional diffusers extra: resolved on first use.
+from importlib.util import find_spec as _find_spec  # noqa: E402
+
 from .._lazy import lazy_exports as _lazy_exports  # noqa: E402
 
 _LAZY = {
@@ -27,3 +29,5 @@ _LAZY = {
     "DefaultDDPOStableDiffusionPipeline": ".modeling_sd_base",
 }
 __getattr__, __dir__ = _lazy_exports(__name__, _LAZY, globals())
+if _find_spec("diffusers") is not None:  # ``import *`` resolves all of __all__ (TRL 0.7.10: the same condition)
+    __all__ += sorted(_LAZY)

@@ -1,5 +1,7 @@
 """`rlft.trainer`: the trainers and their configs (TRL's ``trl.trainer``), resolved lazily."""
 
+from importlib.util import find_spec as _find_spec
+
 from .._lazy import lazy_exports
 
 _EXPORTS = {
@@ -32,5 +34,8 @@ _EXPORTS = {
     "DefaultDDPOStableDiffusionPipeline": "rlft.models.modeling_sd_base",
 }
 
-__all__ = sorted(_EXPORTS)
+# ``import *`` resolves all of ``__all__``: the diffusers-only names are listed only when it is installed.
+_NEEDS_DIFFUSERS = {"DDPOTrainer", "DDPOStableDiffusionPipeline", "DefaultDDPOStableDiffusionPipeline"}
+_HAS_DIFFUSERS = _find_spec("diffusers") is not None
+__all__ = sorted(n for n in _EXPORTS if _HAS_DIFFUSERS or n not in _NEEDS_DIFFUSERS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

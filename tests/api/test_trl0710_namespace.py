@@ -119,6 +119,33 @@ def test_every_lazy_export_resolves(module):
         assert getattr(mod, name) is not None, name
 
 
+@pytest.mark.parametrize("module", ["rlft", "rlft.models", "rlft.trainer"])
+def test_star_import_gives_the_trl_names(module):
+    if not HAS_DIFFUSERS:
+        pytest.skip("with diffusers, star imports include the DDPO names")
+    namespace: dict = {}
+    exec(f"from {module} import *", namespace)
+    assert set(TRL_0_7_10[module]) <= set(namespace), set(TRL_0_7_10[module]) - set(namespace)
+
+
+def test_star_import_without_diffusers():
+    """As in TRL 0.7.10, the DDPO classes are left out of ``import *`` when diffusers is missing, instead of failing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['diffusers'] = None\n"
+        "ns = {}\n"
+        "for m in ('rlft', 'rlft.models', 'rlft.trainer', 'rlft.trainer.utils', 'rlft.extras'):\n"
+        "    exec(f'from {m} import *', ns)\n"
+        "assert 'DDPOConfig' in ns and 'SFTTrainer' in ns and 'setup_chat_format' in ns\n"
+        "assert not {'DDPOTrainer', 'DefaultDDPOStableDiffusionPipeline'} & set(ns)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
 def _params(fn):
     return [(n, p.default) for n, p in inspect.signature(fn).parameters.items()]
 
