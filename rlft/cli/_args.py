@@ -23,6 +23,7 @@ import inspect
 import json
 import os
 import textwrap
+import typing
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,6 +71,22 @@ def _json_value(text: str) -> Any:
     return value
 
 
+def _is_str_or_bool(hint) -> bool:
+    """A ``str | bool`` field (e.g. TrainingArguments.include_num_input_tokens_seen), which HfArgumentParser reads as bool."""
+    args = set(typing.get_args(hint))
+    return str in args and bool in args
+
+
+def _str_or_bool_value(text: str):
+    """true/false spellings as bools, any other text as itself (so saved values like "all" load back)."""
+    from transformers.hf_argparser import string_to_bool
+
+    try:
+        return string_to_bool(text)
+    except argparse.ArgumentTypeError:
+        return text
+
+
 def build_parser(command: str, dataclass_types: Sequence[type], description: str):
     """An HfArgumentParser for ``rlft <command>`` with help on every option and ``--config``."""
     from transformers import HfArgumentParser
@@ -79,9 +96,15 @@ def build_parser(command: str, dataclass_types: Sequence[type], description: str
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
     )
     docs: dict[str, str] = {}
+    str_or_bool = set()
     for dtype in dataclass_types:
         docs.update(field_docstrings(dtype))
+        # From the annotations: HfArgumentParser overwrites Field.type with the type it settled on.
+        hints = typing.get_type_hints(dtype)
+        str_or_bool.update(f.name for f in dataclasses.fields(dtype) if _is_str_or_bool(hints.get(f.name)))
     for action in parser._actions:
+        if action.dest in str_or_bool and action.option_strings and not action.option_strings[0].startswith("--no_"):
+            action.type = _str_or_bool_value
         if action.dest in docs and not action.help:
             help_text = docs[action.dest]
             if action.option_strings and action.option_strings[0].startswith("--no_"):
@@ -217,7 +240,6 @@ def _param_docs(doc: str) -> dict[str, str]:
 def _option_type(hint):
     """The type of an option for ``hint``, or None when a parameter cannot come from the command line."""
     import types
-    import typing
 
     origin = typing.get_origin(hint)
     if origin is typing.Literal:
@@ -237,8 +259,6 @@ def options_from_signature(name: str, fn, exclude: Sequence[str] = (), doc: str 
     with the same defaults; help comes from the ``name: text`` lines of ``doc`` (default: the
     docstring of ``fn``'s class). The command then passes the fields on as keyword arguments.
     """
-    import typing
-
     hints = typing.get_type_hints(fn)
     docs = _param_docs(doc if doc is not None else (fn.__doc__ or ""))
     fields = []

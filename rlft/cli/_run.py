@@ -76,12 +76,18 @@ def trainer_callback(run: RunDir, stop_flag, command: str, keys: Sequence[str], 
                 run.log_metrics(state.global_step, logs)
                 if self.bar is not None:
                     self.bar.update(0, **logs)
+            # Logging runs after a step's update and before transformers decides whether to save:
+            # a Ctrl-C noticed here still gets this step's checkpoint.
+            self._maybe_stop(state, control)
 
         def on_step_end(self, args, state, control, **kwargs):
             tokens = state.num_input_tokens_seen - self.tokens_seen if count_tokens else None
             self.tokens_seen = state.num_input_tokens_seen
             if self.bar is not None:
                 self.bar.update(1, tokens=tokens or None)
+            self._maybe_stop(state, control)
+
+        def _maybe_stop(self, state, control):
             if stop_flag.stop and state.global_step < state.max_steps:
                 self.stopped_early = True
                 control.should_training_stop = True

@@ -156,3 +156,22 @@ def test_usage_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("rlft ppo: error: --model_name_or_path") and "Traceback" not in err
     assert main(["sft", "--max_steps", "x"]) == 2
+
+
+@pytest.mark.parametrize("command", ["ppo", "sft", "reward", "dpo", "bon", "ddpo"])
+def test_saved_config_loads_back_to_the_same_values(command, tmp_path):
+    """config.yaml as written for a run parses back (with --config) into the same values."""
+    import importlib
+
+    from rlft.cli._args import merged_config
+    from rlft.reporting import RunDir
+
+    module = importlib.import_module(COMMANDS[command].module)
+    defaults = module.CLI_DEFAULTS() if callable(module.CLI_DEFAULTS) else module.CLI_DEFAULTS
+    parsed = parse_command(command, module.arguments(), ["--tiny", "--output_dir", str(tmp_path / "run")],
+                           cli_defaults=defaults, tiny_preset=module.TINY_PRESET)
+    path = RunDir(tmp_path / "run").save_config(merged_config(*parsed))
+    again = parse_command(command, module.arguments(), ["--config", str(path)])
+    first, second = merged_config(*parsed), merged_config(*again)
+    differ = {k: (first[k], second[k]) for k in first if str(first[k]) != str(second[k])}
+    assert not differ
