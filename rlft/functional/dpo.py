@@ -158,3 +158,22 @@ def sequence_log_probs(
         # A sequence with no labelled token averages to 0 rather than NaN.
         return total / mask.sum(-1).clamp(min=1)
     return total
+
+
+def mean_label_logit(
+    logits: Tensor, labels: Tensor, *, label_pad_token_id: int = IGNORE_INDEX, is_encoder_decoder: bool = False
+) -> Tensor:
+    """Mean logit over the vocabulary and over the labelled (response) positions; a detached fp32 scalar.
+
+    logits: (B, T, V); labels: (B, T), aligned as in `sequence_log_probs` (decoder-only:
+    position t is the one that scores label t + 1). The ``logits/chosen`` / ``logits/rejected``
+    diagnostic of DPO. TRL 0.7.10 averaged over every position, prompt and padding included,
+    which makes the number depend on how much padding a batch happened to have; later TRL
+    (and rlft) average over the response tokens only. NaN when no position is labelled.
+    """
+    if not is_encoder_decoder:
+        labels = labels[:, 1:]  # (B, T-1)
+        logits = logits[:, :-1, :]  # (B, T-1, V)
+    mask = labels != label_pad_token_id  # (B, T')
+    return logits.detach()[mask].float().mean()
+

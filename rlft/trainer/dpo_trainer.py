@@ -28,7 +28,9 @@ from transformers import (
 
 from .._compat import resolve_processing_class, warn_once
 from ..data.dpo import DPODataCollatorWithPadding, pad_to_length
+from ..data.packing import pack_padded, packed_attention_is_exact
 from ..functional import dpo as F_dpo
+from ..functional.logprobs import selected_log_probs
 from ..models import create_reference_model
 from ._helpers import disable_dropout_in_model
 
@@ -486,9 +488,9 @@ class DPOTrainer(Trainer):
         with torch.no_grad():
             if self.ref_model is None:
                 with self.null_ref_context():
-                    chosen, rejected, _, _ = self.concatenated_forward(self.model, batch)
+                    chosen, rejected, _, _ = self._sequence_logps(self.model, batch)
             else:
-                chosen, rejected, _, _ = self.concatenated_forward(self.ref_model, batch)
+                chosen, rejected, _, _ = self._sequence_logps(self.ref_model, batch)
         return chosen.detach(), rejected.detach()
 
     def compute_reference_log_probs(self, padded_batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -647,6 +649,74 @@ class DPOTrainer(Trainer):
         )  # (2B,)
         return logps[:n_chosen], logps[n_chosen:], logits[:n_chosen], logits[n_chosen:]
 
+    def _sequence_logps(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Chosen and rejected log-probs (B,), (B,) and their mean response logits (two scalars).
+
+        `_packed_forward` (no padding through the model) when it applies, `concatenated_forward`
+        otherwise; the two agree up to float rounding (tests/trainer/test_dpo_padding_free.py).
+        """
+        if self._can_pack(model):
+            packed = self._packed_forward(model, batch)
+            if packed is not None:
+                return packed
+        chosen, rejected, chosen_logits, rejected_logits = self.concatenated_forward(model, batch)
+        mean_logit = lambda logits, labels: F_dpo.mean_label_logit(  # noqa: E731
+            logits, pad_to_length(labels.to(logits.device), logits.shape[1], self.label_pad_token_id),
+            label_pad_token_id=self.label_pad_token_id, is_encoder_decoder=self.is_encoder_decoder,
+        )
+        return chosen, rejected, mean_logit(chosen_logits, batch["chosen_labels"]), mean_logit(rejected_logits, batch["rejected_labels"])
+
+    def _can_pack(self, model: nn.Module) -> bool:
+        """Whether `_packed_forward` may stand in for `concatenated_forward` with this model.
+
+        Decoder-only models with the default collator, no subclass override of the forward,
+        and attention that keeps packed sequences apart (checked once per model). Set
+        ``trainer.padding_free = False`` to always take the padded forward.
+        """
+        if not getattr(self, "padding_free", True) or self.is_encoder_decoder or not self.use_dpo_data_collator:
+            return False
+        cls = type(self)
+        if (cls.concatenated_forward, cls.concatenated_inputs, cls.get_batch_logps) != (
+            DPOTrainer.concatenated_forward, DPOTrainer.concatenated_inputs, DPOTrainer.get_batch_logps,
+        ):
+            return False  # a subclass customised the forward: honour it
+        checked = self.__dict__.setdefault("_packing_checked", {})
+        if id(model) not in checked:
+            checked[id(model)] = (model, packed_attention_is_exact(model))  # the model is kept so its id stays unique
+        return checked[id(model)][1]
+
+    def _packed_forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """`concatenated_forward`'s log-probs with the 2B sequences packed into fewer rows (`rlft.data.packing`).
+
+        Every response token is scored with the same context as in the padded forward, and
+        only response positions reach the log-softmax. Returns chosen and rejected log-probs
+        (B,) and the mean response logit of each half; None when packing saves no row.
+        """
+        cat = self.concatenated_inputs(
+            batch, is_encoder_decoder=False, label_pad_token_id=self.label_pad_token_id,
+            padding_value=self.padding_value, device=self.accelerator.device,
+        )
+        packed = pack_padded(cat["concatenated_input_ids"], cat["concatenated_attention_mask"], self.padding_value)
+        if packed is None:
+            return None
+        labels = cat["concatenated_labels"]  # (2B, T)
+        n, n_chosen = labels.shape[0], batch["chosen_labels"].shape[0]
+        out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False)
+        logits = out.logits if hasattr(out, "logits") else out[0]  # (K, T, V)
+        # Position t of a sequence scores its label t + 1, as the decoder-only shift in sequence_log_probs.
+        next_labels = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], self.label_pad_token_id)], dim=1)  # (2B, T)
+        targets = packed.gather(next_labels, self.label_pad_token_id)  # (K, T)
+        keep = targets != self.label_pad_token_id  # (K, T)
+        kept_logits = logits[keep]  # (M, V): response positions only
+        token_logps = selected_log_probs(kept_logits, targets[keep])  # (M,)
+        owner = packed.seq[keep]  # (M,) which of the 2B sequences each token belongs to
+        logps = token_logps.new_zeros(n).index_add(0, owner, token_logps)  # (2B,)
+        if self.loss_type == "ipo":  # length-averaged, as concatenated_forward
+            logps = logps / torch.zeros_like(logps).index_add(0, owner, torch.ones_like(token_logps)).clamp(min=1)
+        row_means = kept_logits.detach().float().mean(-1)  # (M,)
+        is_chosen = owner < n_chosen
+        return logps[:n_chosen], logps[n_chosen:], row_means[is_chosen].mean(), row_means[~is_chosen].mean()
+
     # ------------------------------------------------------------------ loss
     def dpo_loss(
         self,
@@ -673,7 +743,7 @@ class DPOTrainer(Trainer):
     ) -> tuple[Tensor, dict[str, float]]:
         """Mean DPO loss of a batch and TRL's metrics (``eval_``-prefixed in evaluation)."""
         # 1. policy log-probs, chosen and rejected in one forward
-        policy_chosen, policy_rejected, chosen_logits, rejected_logits = self.concatenated_forward(model, batch)
+        policy_chosen, policy_rejected, chosen_logit, rejected_logit = self._sequence_logps(model, batch)
         # 2. reference log-probs: precomputed columns, or a forward without gradient
         if "reference_chosen_logps" in batch and "reference_rejected_logps" in batch:
             ref_chosen, ref_rejected = batch["reference_chosen_logps"], batch["reference_rejected_logps"]
@@ -690,8 +760,8 @@ class DPOTrainer(Trainer):
             f"{prefix}rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
             f"{prefix}logps/rejected": policy_rejected.detach().mean().item(),
             f"{prefix}logps/chosen": policy_chosen.detach().mean().item(),
-            f"{prefix}logits/rejected": rejected_logits.detach().float().mean().item(),
-            f"{prefix}logits/chosen": chosen_logits.detach().float().mean().item(),
+            f"{prefix}logits/rejected": rejected_logit.item(),
+            f"{prefix}logits/chosen": chosen_logit.item(),
         }
         return losses.mean(), metrics
 

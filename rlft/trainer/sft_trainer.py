@@ -19,7 +19,8 @@ from transformers import (
 )
 
 from .._compat import resolve_processing_class
-from ..data.sft import ConstantLengthDataset, DataCollatorForCausalLMKeepEOS
+from ..data.packing import pack_padded, packed_attention_is_exact
+from ..data.sft import IGNORE_INDEX, ConstantLengthDataset, DataCollatorForCausalLMKeepEOS
 from ..extras.dataset_formatting import get_formatting_func_from_dataset
 
 #: max_seq_length when the user gives none (TRL 0.7.10 documents 512).
@@ -178,6 +179,58 @@ class SFTTrainer(Trainer):
         # saved weights never see it.
         if neftune_noise_alpha is not None:
             self.neftune_noise_alpha = neftune_noise_alpha
+
+    # ----------------------------------------------------------------- loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """transformers' causal-LM loss; padded training batches go through the model without their padding.
+
+        A right-padded batch of the default collator's keys is packed into fewer rows
+        (`rlft.data.packing`) when the model keeps packed sequences apart (checked once): the
+        loss sums the same (context, next token) pairs and divides by the same count, so it
+        equals the padded loss. ``trainer.padding_free = False`` turns the re-layout off.
+        """
+        if not return_outputs and self._can_pack(model, inputs):
+            inputs = self._packed_inputs(model, inputs)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def _takes_use_cache(self, model) -> bool:
+        takes = self.__dict__.setdefault("_takes_use_cache_by_model", {})
+        if id(model) not in takes:
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            params = inspect.signature(base.forward).parameters
+            takes[id(model)] = (model, "use_cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()))
+        return takes[id(model)][1]
+
+    def _can_pack(self, model, inputs) -> bool:
+        if not getattr(self, "padding_free", True) or getattr(self, "neftune_noise_alpha", None) is not None:
+            return False  # NEFTune's noise scale depends on the padded shape
+        if set(inputs) != {"input_ids", "attention_mask", "labels"}:
+            return False  # not the default collator's batch: leave it as it is
+        mask = inputs["attention_mask"]
+        if mask.dim() != 2 or bool(mask.all()) or not bool(mask[:, 0].all()):
+            return False  # no padding, or left padding (whose shifted positions packing would not keep)
+        if not self._accepts_position_ids(model):
+            return False
+        checked = self.__dict__.setdefault("_packing_checked", {})
+        if id(model) not in checked:
+            checked[id(model)] = (model, packed_attention_is_exact(model))  # the model is kept so its id stays unique
+        return checked[id(model)][1]
+
+    def _packed_inputs(self, model, inputs: dict) -> dict:
+        packed = pack_padded(inputs["input_ids"], inputs["attention_mask"], self.processing_class.pad_token_id or 0)
+        if packed is None:
+            return inputs
+        labels = packed.gather(inputs["labels"], IGNORE_INDEX)  # (K, L)
+        # The first token of an example is not predicted from the end of the one before it,
+        # as no padded row predicts its first token.
+        labels = labels.masked_fill(packed.starts, IGNORE_INDEX)
+        out = {"input_ids": packed.input_ids, "position_ids": packed.position_ids, "labels": labels}
+        if self._takes_use_cache(model):
+            # With a KV cache (args.use_cache=True) transformers builds a plain causal mask and
+            # packed examples would attend to each other.
+            out["use_cache"] = False
+        return out
 
     # ----------------------------------------------------------------- setup
 
