@@ -1,0 +1,182 @@
+"""The fixed offline inputs every benchmark implementation runs on: tokenizer, models, data.
+
+This module is imported by rlft's side *and* by the TRL peers' virtual environments, so it
+uses only the standard library, torch, tokenizers and transformers (4.46 to 5.x) and never
+imports rlft. Everything is built once per benchmark run by `build_all` (in one process,
+with a fixed seed) into a folder; each measured subprocess then only *loads* from it, so
+both sides of a comparison get bit-identical weights, token ids and texts even though they
+run different transformers versions.
+
+Sizes (fixed; change only to define a new, named workload):
+
+- tokenizer: byte-level BPE trained on rlft's shipped corpus (docstrings of the Python
+  standard library), at most `VOCAB` tokens; the models' vocabulary is exactly `VOCAB`.
+- ``gpt2``: GPT-2 style, d=256, 4 blocks, 4 heads, tied head: about 5.3M parameters.
+- ``llama``: Llama style, d=256, 4 blocks, 4 heads (2 KV heads), SwiGLU 688, tied head.
+- texts: `N_TEXTS` documents of 1-6 corpus lines (mixed lengths, up to `MAX_LENGTH` tokens).
+- pairs: `N_PAIRS` (prompt, chosen, rejected) triples; responses of varied length.
+- prompts: `N_PROMPTS` token-id prompts of 4-12 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+SEED = 0
+VOCAB = 8192
+MAX_LENGTH = 256  # SFT / reward truncation, packed chunk length
+N_TEXTS = 512
+N_PAIRS = 512
+N_PROMPTS = 64
+ARCHS = ("gpt2", "llama")
+CORPUS = Path(__file__).resolve().parents[2] / "rlft" / "testing" / "data" / "corpus.txt"
+EOS = "<|endoftext|>"
+PAD = "<pad>"
+
+
+# ---------------------------------------------------------------- building (once per run)
+def corpus_lines() -> list[str]:
+    return [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _texts(lines: list[str], rng: random.Random) -> list[str]:
+    out = []
+    for _ in range(N_TEXTS):
+        start = rng.randrange(len(lines))
+        k = rng.choice((1, 1, 2, 3, 4, 6))  # skewed toward short documents: realistic padding waste
+        out.append(" ".join(lines[(start + j) % len(lines)] for j in range(k)))
+    return out
+
+
+def _pairs(lines: list[str], rng: random.Random) -> dict[str, list[str]]:
+    usable = [l.split() for l in lines if len(l.split()) >= 12]
+    pairs = {"prompt": [], "chosen": [], "rejected": []}
+    for _ in range(N_PAIRS):
+        a, b = rng.sample(usable, 2)
+        n_prompt = rng.randint(4, 10)
+        # Responses of 4-40 words: the two sides of a pair differ in length, as real data does.
+        pairs["prompt"].append(" ".join(a[:n_prompt]))
+        pairs["chosen"].append(" " + " ".join(a[n_prompt : n_prompt + rng.randint(4, 40)]))
+        pairs["rejected"].append(" " + " ".join(b[n_prompt : n_prompt + rng.randint(4, 40)]))
+    return pairs
+
+
+def _model_config(arch: str, eos_id: int):
+    import transformers as tf
+
+    common = dict(vocab_size=VOCAB, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    if arch == "gpt2":
+        # No dropout, like the Llama-style model and most current checkpoints: otherwise a library that
+        # switches dropout off by default would be measured against one that keeps it.
+        return tf.GPT2Config(n_embd=256, n_layer=4, n_head=4, n_positions=512, tie_word_embeddings=True,
+                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    if arch == "llama":
+        return tf.LlamaConfig(
+            hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=512, tie_word_embeddings=True, **common,
+        )
+    raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+
+
+def build_all(root: str | os.PathLike) -> Path:
+    """Build tokenizer, weights and data into ``root`` (idempotent). Returns the folder."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+
+    root = Path(root)
+    if (root / "done").exists():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    lines = corpus_lines()
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(lines, vocab_size=VOCAB, min_frequency=2, special_tokens=[EOS, PAD], show_progress=False)
+    bpe.save(str(root / "tokenizer.json"))
+    tok = load_tokenizer(root)
+    eos_id = tok.convert_tokens_to_ids(EOS)
+    for arch in ARCHS:
+        cfg = _model_config(arch, eos_id)
+        (root / f"{arch}.config.json").write_text(json.dumps(cfg.to_dict(), default=str))
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        torch.manual_seed(SEED)
+        lm = AutoModelForCausalLM.from_config(cfg)
+        torch.save({k: v.contiguous() for k, v in lm.state_dict().items()}, root / f"{arch}.causal.pt")
+        torch.manual_seed(SEED)
+        cfg.num_labels = 1
+        rm = AutoModelForSequenceClassification.from_config(cfg)
+        torch.save({k: v.contiguous() for k, v in rm.state_dict().items()}, root / f"{arch}.seqcls.pt")
+    rng = random.Random(SEED)
+    data = {"texts": _texts(lines, rng), "pairs": _pairs(lines, rng)}
+    prompt_lines = rng.sample(lines, N_PROMPTS)
+    data["prompts"] = [tok(l)["input_ids"][: rng.randint(4, 12)] for l in prompt_lines]
+    (root / "data.json").write_text(json.dumps(data))
+    (root / "done").write_text("ok")
+    return root
+
+
+# ---------------------------------------------------------------- loading (every subprocess)
+def load_tokenizer(root: str | os.PathLike):
+    """The fixed tokenizer as a ``PreTrainedTokenizerFast``; pad token = EOS (GPT-2 convention)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(root) / "tokenizer.json"), bos_token=EOS, eos_token=EOS, unk_token=EOS)
+    tok.pad_token = EOS
+    tok.model_max_length = 512
+    return tok
+
+
+def load_config(root: str | os.PathLike, arch: str, num_labels: int | None = None):
+    from transformers import AutoConfig
+
+    d = json.loads((Path(root) / f"{arch}.config.json").read_text())
+    model_type = d.pop("model_type")
+    for key in ("transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype", "id2label", "label2id"):
+        d.pop(key, None)
+    cfg = AutoConfig.for_model(model_type, **d)
+    if num_labels is not None:
+        cfg.num_labels = num_labels
+    return cfg
+
+
+def load_model(root: str | os.PathLike, arch: str = "gpt2", kind: str = "causal", attn: str | None = None):
+    """The fixed model: ``kind="causal"`` (LM head) or ``"seqcls"`` (one-logit reward head). fp32, train mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cfg = load_config(root, arch, num_labels=1 if kind == "seqcls" else None)
+    auto = AutoModelForSequenceClassification if kind == "seqcls" else AutoModelForCausalLM
+    kwargs = {"attn_implementation": attn} if attn else {}
+    model = auto.from_config(cfg, **kwargs)
+    state = torch.load(Path(root) / f"{arch}.{kind}.pt", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Only non-persistent buffers (e.g. GPT-2's causal-mask buffer in transformers 4) may differ.
+    bad = [k for k in missing if k != "lm_head.weight" and not k.endswith(("attn.bias", "attn.masked_bias"))]
+    if bad or unexpected:
+        raise RuntimeError(f"fixture weights do not fit {arch}/{kind}: missing {bad}, unexpected {unexpected}")
+    if getattr(cfg, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+        model.tie_weights()
+    model.train()
+    return model
+
+
+def load_data(root: str | os.PathLike) -> dict:
+    """``texts`` (list[str]), ``pairs`` (dict of prompt/chosen/rejected lists), ``prompts`` (list of id lists)."""
+    return json.loads((Path(root) / "data.json").read_text())
+
+
+def matmul_params(model, with_lm_head: bool = True) -> int:
+    """Parameters that take part in a matmul per token: every 2-D weight except embedding lookups,
+    plus the LM head (V x d, counted even when tied to the input embedding)."""
+    import torch
+
+    emb_ids = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    n = sum(p.numel() for p in model.parameters() if p.dim() == 2 and id(p) not in emb_ids)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and id(head.weight) in emb_ids:
+        n += head.weight.numel() if with_lm_head else 0
+    elif head is not None and not with_lm_head:
+        n -= head.weight.numel()
+    return n

@@ -1,0 +1,88 @@
+"""The benchmark workloads: one fixed definition each, shared by rlft's and TRL's implementations.
+
+Standard library only. Both implementations of a workload read these numbers, so the two
+sides can only differ in how the library executes the same work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    peer: str  # the TRL environment it is compared with: "trl-latest" or "trl-0.11.4"
+    batch_size: int
+    warmup: int  # untimed steps first (lazy init, allocator, thread pools)
+    steps: int  # timed steps per run
+    model_kind: str = "causal"  # "causal" or "seqcls"
+    max_length: int = 256
+    training: bool = True  # counts towards the MFU target
+    #: Model FLOPs per parameter per batch token (6 = forward + backward, 8 = that plus a reference
+    #: forward), or None: counted forward by forward (generation, PPO rollouts) by the worker's hook.
+    flops_per_param_token: int | None = 6
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+LEARNING_RATE = 1e-5
+# PPO (the TRL 0.7 step() loop)
+PPO_PROMPTS = 16
+PPO_NEW_TOKENS = 32
+PPO_MINI_BATCH = 4
+PPO_EPOCHS = 4
+# best-of-n
+BON_QUERIES = 16
+BON_SAMPLE_SIZE = 4
+BON_NEW_TOKENS = 32
+# DPO
+DPO_BETA = 0.1
+DPO_MAX_LENGTH = 192
+DPO_MAX_PROMPT_LENGTH = 64
+
+
+
+def ppo_generation_kwargs(eos_id: int) -> dict:
+    """Pure sampling of exactly PPO_NEW_TOKENS tokens (EOS suppressed until then)."""
+    return dict(do_sample=True, top_k=0, top_p=1.0, max_new_tokens=PPO_NEW_TOKENS, min_new_tokens=PPO_NEW_TOKENS, pad_token_id=eos_id)
+
+
+def bon_generation_kwargs(eos_id: int) -> dict:
+    return dict(do_sample=True, top_k=0, top_p=1.0, min_new_tokens=BON_NEW_TOKENS, pad_token_id=eos_id)
+
+
+def ppo_score(response_ids: list[int]) -> float:
+    """Toy PPO reward shared by both sides: the share of even token ids in the response."""
+    return sum(t % 2 == 0 for t in response_ids) / max(len(response_ids), 1)
+
+
+def bon_scores(texts: list[str]) -> list[float]:
+    """Toy best-of-n scorer shared by both sides: the share of vowels in each text."""
+    return [sum(c in "aeiou" for c in t) / max(len(t), 1) for t in texts]
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("sft_padded", "SFT, mixed-length texts padded per batch, 8 x <=256 tokens", "trl-latest", 8, 2, 8),
+        Workload("sft_packed", "SFT, texts packed into 256-token sequences, batch 4", "trl-latest", 4, 2, 8),
+        Workload("reward", "reward model (1-logit head), 8 preference pairs per step", "trl-latest", 8, 2, 10, model_kind="seqcls"),
+        Workload("dpo", "DPO sigmoid, frozen reference copy, 8 pairs per step", "trl-latest", 8, 2, 10, max_length=DPO_MAX_LENGTH,
+                 flops_per_param_token=8),
+        Workload(
+            "ppo", f"PPO generate + step: {PPO_PROMPTS} prompts, {PPO_NEW_TOKENS} new tokens, mini-batch {PPO_MINI_BATCH}, "
+            f"{PPO_EPOCHS} epochs, value head, reference copy", "trl-0.11.4", PPO_PROMPTS, 1, 4, flops_per_param_token=None,
+        ),
+        Workload(
+            "best_of_n", f"best-of-n: {BON_QUERIES} queries x {BON_SAMPLE_SIZE} samples x {BON_NEW_TOKENS} new tokens",
+            "trl-0.11.4", BON_QUERIES, 1, 4, training=False, flops_per_param_token=None,
+        ),
+    )
+}
+
+#: Model FLOPs per token processed (Kaplan et al. 2020, sec. 2.1): 2N forward, 4N backward.
+FORWARD_FLOPS_PER_PARAM = 2
+TRAIN_FLOPS_PER_PARAM = 6
