@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ import torch
 from torch import nn
 
 from ..import_utils import is_peft_available
+
+logger = logging.getLogger(__name__)
 
 #: File holding the wrapper's own modules (value head), next to the model weights.
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -159,16 +163,19 @@ class PreTrainedModelWrapper(nn.Module):
             path = Path(pretrained_model_name_or_path)
             if path.is_dir():
                 source_dir = path
-            if source_dir is not None and (source_dir / "adapter_config.json").exists():
-                pretrained_model = cls._load_peft_folder(source_dir, model_args, model_kwargs, is_trainable)
-                if peft_config is not None:
-                    raise ValueError(
-                        f"{source_dir} already holds a peft adapter; drop peft_config or load the base model instead."
+            if source_dir is not None:
+                _check_model_folder(source_dir)
+            with _naming_folder_on_error(source_dir):
+                if source_dir is not None and (source_dir / "adapter_config.json").exists():
+                    pretrained_model = cls._load_peft_folder(source_dir, model_args, model_kwargs, is_trainable)
+                    if peft_config is not None:
+                        raise ValueError(
+                            f"{source_dir} already holds a peft adapter; drop peft_config or load the base model instead."
+                        )
+                else:
+                    pretrained_model = cls.transformers_parent_class.from_pretrained(
+                        pretrained_model_name_or_path, *model_args, **model_kwargs
                     )
-            else:
-                pretrained_model = cls.transformers_parent_class.from_pretrained(
-                    pretrained_model_name_or_path, *model_args, **model_kwargs
-                )
         elif isinstance(pretrained_model_name_or_path, nn.Module):
             if model_kwargs or model_args:
                 raise TypeError(
@@ -209,7 +216,12 @@ class PreTrainedModelWrapper(nn.Module):
         if source_dir is not None:
             state = load_wrapper_state(source_dir, cls.supported_modules)
             if state:
-                model.post_init(state)
+                try:
+                    model.post_init(state)
+                except ValueError as err:
+                    raise ValueError(f"{source_dir / VALUE_HEAD_FILE}: {err}") from err
+            elif cls.supported_modules:
+                logger.info("%s has no %s: the value head starts from a fresh initialisation.", source_dir, VALUE_HEAD_FILE)
         return model
 
     @classmethod
@@ -310,23 +322,55 @@ class PreTrainedModelWrapper(nn.Module):
 
         Arguments go to the wrapped model's ``save_pretrained`` (a peft model
         saves its adapter). The value head lands in ``value_head.safetensors``.
+        The save is atomic: everything is written to a hidden sibling folder that
+        replaces ``save_directory`` only once complete, so a kill mid-save leaves the
+        previous contents. Files already in ``save_directory`` that this save does not
+        produce (a tokenizer, a README) are kept; old weight files are not. A folder with
+        subfolders (not a plain model folder) gets each new file moved in atomically instead.
         """
-        from safetensors.torch import save_file
-
-        save_directory = kwargs.get("save_directory", args[0] if args else None)
-        if save_directory is None:
+        args = list(args)
+        if "save_directory" in kwargs:
+            save_directory = kwargs.pop("save_directory")
+        elif args:
+            save_directory = args.pop(0)
+        else:
             raise TypeError("save_pretrained needs a save_directory.")
         state_dict = kwargs.pop("state_dict", None)
         if state_dict is not None:
             # A full state dict (as state_dict() returns): split off the wrapper's part.
             prefixes = tuple(f"{n}." for n in self.supported_modules)
             kwargs["state_dict"] = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
-        out = self.pretrained_model.save_pretrained(*args, **kwargs)
-        wrapper_state = self.wrapper_state_dict()
-        if wrapper_state and kwargs.get("is_main_process", True):
-            tmp = Path(save_directory) / (VALUE_HEAD_FILE + ".tmp")
-            save_file(wrapper_state, str(tmp), metadata={"format": "pt", "writer": "rlft"})
-            os.replace(tmp, Path(save_directory) / VALUE_HEAD_FILE)
+        is_main = kwargs.get("is_main_process", True)
+        if not is_main or kwargs.get("push_to_hub"):
+            # Other processes write nothing of ours; pushing derives the repo name from the folder name.
+            out = self.pretrained_model.save_pretrained(save_directory, *args, **kwargs)
+            if is_main and self.wrapper_state_dict():
+                _save_wrapper_file(self.wrapper_state_dict(), Path(save_directory) / VALUE_HEAD_FILE)
+            return out
+
+        from ..utils.checkpoint import atomic_directory
+
+        def write(folder: Path):
+            result = self.pretrained_model.save_pretrained(str(folder), *args, **kwargs)
+            wrapper_state = self.wrapper_state_dict()
+            if wrapper_state:
+                _save_wrapper_file(wrapper_state, folder / VALUE_HEAD_FILE)
+            return result
+
+        target = Path(save_directory).resolve()
+        if not target.exists() or not any(p.is_dir() for p in target.iterdir()):  # a plain model folder: swap it whole
+            with atomic_directory(target, marker=False) as tmp:
+                out = write(tmp)
+                _carry_over_other_files(target, tmp)
+            return out
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix=".rlft-save-", dir=target))
+        try:
+            out = write(tmp)
+            _move_files_into(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return out
 
     def push_to_hub(self, *args, **kwargs):
@@ -373,6 +417,73 @@ class PreTrainedModelWrapper(nn.Module):
 
 
 # ---------------------------------------------------------------------- checkpoint files
+#: Files a save of a (wrapped) model writes or may have written before; never carried over from an older save.
+_MODEL_FILE_PREFIXES = ("model", "pytorch_model", "adapter_model", "adapter_config", "config", "generation_config",
+                        "value_head", "tf_model", "flax_model")
+
+
+def _carry_over_other_files(old: Path, new: Path) -> None:
+    """Copy into ``new`` the files of ``old`` that a model save does not own (tokenizer, README, notes)."""
+    if not old.is_dir():
+        return
+    for path in old.rglob("*"):
+        rel = path.relative_to(old)
+        if not path.is_file() or (new / rel).exists() or rel.parts[0].startswith(_MODEL_FILE_PREFIXES):
+            continue
+        (new / rel).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, new / rel)  # same filesystem: no copy, and the old folder is deleted after the swap
+        except OSError:
+            shutil.copy2(path, new / rel)
+
+
+def _move_files_into(new: Path, target: Path) -> None:
+    """Move every file of ``new`` into ``target`` (each move atomic) and delete weight files of an older save."""
+    import re
+
+    moved = set()
+    for path in sorted(new.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(new)
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target / rel)
+            moved.add(rel.as_posix())
+    weight = re.compile(r"^(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
+    for path in target.iterdir():
+        if path.is_file() and weight.match(path.name) and path.name not in moved:
+            path.unlink()  # a shard or index of an older save that would confuse loading
+
+
+def _check_model_folder(folder: Path) -> None:
+    """A local folder must hold a model or adapter config; say which file is missing and what is there."""
+    if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
+        return
+    present = sorted(p.name for p in folder.iterdir())[:20]
+    raise FileNotFoundError(
+        f"{folder} has no config.json (nor adapter_config.json), so it is not a saved model folder; "
+        f"it holds {present}. Save with save_pretrained, or pass the folder that has config.json."
+    )
+
+
+class _naming_folder_on_error:
+    """Re-raise loading errors that do not say where they come from (e.g. safetensors' header errors) with the folder."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, err, tb):
+        if err is None or self.folder is None or not isinstance(err, Exception) or str(self.folder) in str(err):
+            return False
+        files = sorted(p.name for p in self.folder.iterdir())[:20]
+        raise ValueError(
+            f"Could not load the model in {self.folder} (files: {files}): {type(err).__name__}: {err}. "
+            "A weight file is probably damaged or incomplete (an interrupted save or download); save or copy it again."
+        ) from err
+
+
 def _read_weight_files(folder: Path, names) -> dict[str, torch.Tensor]:
     for name in names:
         path = folder / name
@@ -382,6 +493,24 @@ def _read_weight_files(folder: Path, names) -> dict[str, torch.Tensor]:
     return {}
 
 
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes: safetensors itself has no checksum, so flipped bits load silently."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save_wrapper_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt", "writer": "rlft", "sha256": _tensor_digest(tensors)})
+
+
 def _load_tensors(path: Path, keys_with: str | None = None) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
@@ -389,14 +518,18 @@ def _load_tensors(path: Path, keys_with: str | None = None) -> dict[str, torch.T
 
             out = {}
             with safe_open(str(path), framework="pt") as f:
+                digest = (f.metadata() or {}).get("sha256")
                 for key in f.keys():
                     if keys_with is None or key.startswith(keys_with):
                         out[key] = f.get_tensor(key)
-            return out
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        return {k: v for k, v in state.items() if keys_with is None or k.startswith(keys_with)}
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            return {k: v for k, v in state.items() if keys_with is None or k.startswith(keys_with)}
     except Exception as err:  # safetensors/pickle raise many types for a damaged file
         raise ValueError(f"Could not read {path}: the file is damaged or not a weight file ({err}).") from err
+    if digest is not None and keys_with is None and _tensor_digest(out) != digest:
+        raise ValueError(f"{path} is corrupt: its tensors do not match the checksum written with them. Save it again.")
+    return out
 
 
 def load_wrapper_state(folder: Path, modules: tuple[str, ...]) -> dict[str, torch.Tensor]:
