@@ -8,15 +8,17 @@ folder, or ``tiny`` (lines of rlft's test corpus). Rewards: see `load_text_rewar
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.util
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from ._args import CLIError
 
@@ -39,6 +41,7 @@ def tiny_model_folder(name: str) -> str:
     if arch not in tiny.ARCHS:
         raise CLIError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_PREFIX + a for a in tiny.ARCHS)}.")
     folder = Path(tempfile.mkdtemp(prefix=f"rlft-{name}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # rebuilt identically (fixed seeds) when needed again
     tokenizer = tiny.build_tokenizer(folder)
     tiny.build_model(arch, tokenizer, save_dir=folder)
     return str(folder)
@@ -186,7 +189,6 @@ def pick_column(dataset, wanted: str | None, candidates: Sequence[str], option: 
 
 
 # ====================================================================== rewards
-#: Built-in text rewards: name -> (description, factory).
 def _vader() -> Callable[[list[str]], list[float]]:
     try:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
@@ -201,6 +203,7 @@ def _length() -> Callable[[list[str]], list[float]]:
     return lambda texts: [len(t.split()) / 10.0 for t in texts]
 
 
+#: Built-in text rewards: name -> (description, factory of ``texts -> scores``).
 TEXT_REWARDS: dict[str, tuple[str, Callable]] = {
     "vader": ("VADER sentiment compound score in [-1, 1] (needs vaderSentiment)", _vader),
     "length": ("toy reward: words / 10 (for smoke runs)", _length),

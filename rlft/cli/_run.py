@@ -85,6 +85,8 @@ def trainer_callback(run: RunDir, stop_flag, command: str, keys: Sequence[str], 
             self.tokens_seen = state.num_input_tokens_seen
             if self.bar is not None:
                 self.bar.update(1, tokens=tokens or None)
+            if state.global_step >= state.max_steps:
+                control.should_save = True  # the final state too, so --resume with more steps goes on from it
             self._maybe_stop(state, control)
 
         def _maybe_stop(self, state, control):

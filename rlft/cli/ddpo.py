@@ -110,7 +110,6 @@ def run(args: DDPOScriptArguments, config) -> dict:
     from ..models.modeling_sd_base import DefaultDDPOStableDiffusionPipeline
     from ..reporting import graceful_interrupt
     from ..trainer.ddpo_trainer import DDPOTrainer
-    from . import _load
 
     prompts = _prompts(args)
     reward_fn = _image_reward(args.reward)
@@ -139,8 +138,9 @@ def run(args: DDPOScriptArguments, config) -> dict:
             trainer.global_step = trainer.step(epoch, trainer.global_step)
             epoch += 1
             bar.update(1, **sink.latest)
-        if stop.stop and epoch < config.num_epochs and epoch % config.save_freq and epoch > trainer.first_epoch:
-            trainer._save_checkpoint(epoch - 1, trainer.global_step)  # the last finished epoch, for --resume
+    if epoch % config.save_freq and epoch > trainer.first_epoch:
+        # DDPOTrainer saved only every save_freq epochs: keep the last finished one for --resume too.
+        trainer._save_checkpoint(epoch - 1, trainer.global_step)
     interrupted = epoch < config.num_epochs
 
     trainer.save_pretrained(str(run_dir.model_dir))

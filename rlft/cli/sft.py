@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from ._args import merged_config, options_from_signature
-from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, config_table, finish_run, fmt, mean_of, open_run, train_hf, training_arguments_for_run
+from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, config_table, finish_run, fmt, mean_of, open_run, train_hf
 
 DESCRIPTION = "Supervised fine-tuning (SFTTrainer) of a causal language model on a text dataset."
 

@@ -175,3 +175,21 @@ def test_saved_config_loads_back_to_the_same_values(command, tmp_path):
     first, second = merged_config(*parsed), merged_config(*again)
     differ = {k: (first[k], second[k]) for k in first if str(first[k]) != str(second[k])}
     assert not differ
+
+
+def test_example_configs_parse():
+    """Every examples/configs/<command>_*.yaml is a valid config of its command."""
+    import importlib
+
+    from rlft.cli._args import merged_config
+
+    folder = Path(__file__).resolve().parents[2] / "examples" / "configs"
+    files = sorted(folder.glob("*.yaml"))
+    assert {p.name.split("_")[0] for p in files} >= {"ppo", "sft", "reward", "dpo", "bon", "ddpo"}
+    for path in files:
+        command = path.name.split("_")[0]
+        module = importlib.import_module(COMMANDS[command].module)
+        parsed = parse_command(command, module.arguments(), ["--config", str(path), "--output_dir", "unused"])
+        values = merged_config(*parsed)
+        for key, value in yaml.safe_load(path.read_text()).items():
+            assert values[key] == (pytest.approx(value) if isinstance(value, float) else value), (path.name, key)
