@@ -173,6 +173,8 @@ class IterativeSFTTrainer(Trainer):
             labels = [x.masked_fill(m == 0, IGNORE_INDEX) for x, m in zip(input_ids, attention_mask)]
         examples = []
         for i, (x, m, y) in enumerate(zip(input_ids, attention_mask, labels)):
+            if x.numel() == 0:
+                raise ValueError(f"IterativeSFTTrainer.step: example {i} is empty (no tokens; an empty text?). Drop it.")
             if x.shape != m.shape or (not self.is_encoder_decoder and x.shape != y.shape):
                 raise ValueError(f"IterativeSFTTrainer.step: example {i} has input_ids {tuple(x.shape)}, attention_mask "
                                  f"{tuple(m.shape)}, labels {tuple(y.shape)}; causal models need equal lengths.")

@@ -348,7 +348,7 @@ class PPOTrainer(BaseTrainer):
             for start in range(0, len(queries), batch_size):
                 if length_sampler is not None:
                     generation_kwargs["max_new_tokens"] = int(length_sampler())
-                batch = [q.to(self.current_device) for q in queries[start : start + batch_size]]
+                batch = [q.to(device=self.current_device, dtype=torch.long) for q in queries[start : start + batch_size]]
                 self._check_context(batch, generation_kwargs.get("max_new_tokens"))
                 padding_side = "right" if self.is_encoder_decoder else "left"
                 input_ids, attention_mask = _pad(batch, self._pad_id, padding_side)
@@ -613,8 +613,8 @@ class PPOTrainer(BaseTrainer):
                 if m.is_meta or m.is_complex() or not bool(((m == 0) | (m == 1)).all()):
                     raise ValueError(f"response_masks[{i}] must hold only 0 and 1 (1 = the token counts in the loss).")
             response_masks = [m.to(device) for m in response_masks]
-        queries = [q.to(device) for q in queries]
-        responses = [r.to(device) for r in responses]
+        queries = [q.to(device=device, dtype=torch.long) for q in queries]  # any integer dtype, any device
+        responses = [r.to(device=device, dtype=torch.long) for r in responses]
         return queries, responses, scores_t, response_masks
 
     def _nonfinite_scores(self, scores: Tensor) -> Optional[str]:

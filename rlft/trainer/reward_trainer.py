@@ -154,6 +154,7 @@ class RewardTrainer(Trainer):
                 f"RewardTrainer: the {split} dataset lacks the columns {missing} (found {found}). "
                 "Tokenise each pair into input_ids_chosen, attention_mask_chosen, input_ids_rejected and attention_mask_rejected."
             )
+        _check_pair_rows(dataset, split)
         if max_length is None:
             return dataset
         before = len(dataset)
@@ -198,3 +199,22 @@ class RewardTrainer(Trainer):
         logits = torch.cat([outputs["rewards_chosen"], outputs["rewards_rejected"]], dim=-1).detach()  # (B, 2)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         return loss, logits, labels
+
+
+def _check_pair_rows(dataset, split: str) -> None:
+    """Each side: a non-empty list of non-negative token ids with an attention mask of the same length."""
+    row = 0
+    for batch in dataset.iter(batch_size=1000):
+        for side in ("chosen", "rejected"):
+            for k, (ids, mask) in enumerate(zip(batch[f"input_ids_{side}"], batch[f"attention_mask_{side}"])):
+                if not isinstance(ids, (list, tuple)) or not ids or not all(isinstance(t, int) and t >= 0 for t in ids):
+                    raise ValueError(
+                        f"RewardTrainer: {split} pair {row + k}: input_ids_{side} must be a non-empty list of token ids "
+                        f"(non-negative integers), got {str(ids)[:80]}."
+                    )
+                if not isinstance(mask, (list, tuple)) or len(mask) != len(ids) or any(v not in (0, 1) for v in mask):
+                    raise ValueError(
+                        f"RewardTrainer: {split} pair {row + k}: attention_mask_{side} must be 0/1 values of the length of "
+                        f"input_ids_{side} ({len(ids)}), got {str(mask)[:80]}."
+                    )
+        row += len(batch["input_ids_chosen"])

@@ -318,6 +318,8 @@ class SFTTrainer(Trainer):
         def tokenize(batch):
             enc = tokenizer(texts_of(batch), add_special_tokens=options["add_special_tokens"], truncation=True,
                             max_length=max_seq_length, padding=False, return_overflowing_tokens=False, return_length=False)
+            if any(len(ids) == 0 for ids in enc["input_ids"]):
+                raise ValueError(f"SFTTrainer: a {split} example tokenises to no tokens (an empty text); drop empty rows.")
             return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
         return dataset.map(
