@@ -52,12 +52,12 @@ def open_run(output_dir: str, options: RunOptions, command: str, config: dict) -
     return run
 
 
-def progress(total: int | None, command: str, keys: Sequence[str], unit: str = "step", initial: int = 0) -> TrainingProgress:
+def progress(total: int | None, command: str, keys: Sequence[str] | dict, unit: str = "step", initial: int = 0) -> TrainingProgress:
     return TrainingProgress(total, desc=f"rlft {command}", keys=keys, unit=unit, initial=initial)
 
 
 # ====================================================================== transformers.Trainer glue
-def trainer_callback(run: RunDir, stop_flag, command: str, keys: Sequence[str], count_tokens: bool = False):
+def trainer_callback(run: RunDir, stop_flag, command: str, keys: Sequence[str] | dict, count_tokens: bool = False):
     """A TrainerCallback that logs to metrics.jsonl, draws the progress bar and honours the Ctrl-C flag."""
     from transformers import TrainerCallback
 
@@ -102,7 +102,7 @@ def trainer_callback(run: RunDir, stop_flag, command: str, keys: Sequence[str], 
     return RunDirCallback()
 
 
-def train_hf(trainer, run: RunDir, options: RunOptions, command: str, keys: Sequence[str], count_tokens: bool = False) -> bool:
+def train_hf(trainer, run: RunDir, options: RunOptions, command: str, keys: Sequence[str] | dict, count_tokens: bool = False) -> bool:
     """Train a transformers ``Trainer`` inside the run: metrics, progress bar, Ctrl-C, checkpoints, --resume.
 
     Saves the final (or interrupted) model and tokenizer to ``model/``. Returns True when Ctrl-C

@@ -7,6 +7,7 @@ with the next one.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from dataclasses import dataclass
 from typing import Optional
@@ -16,7 +17,7 @@ from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, finish_run, fmt, m
 
 DESCRIPTION = "Best-of-n sampling (BestOfNSampler): keep the best-scored of n generations per prompt."
 
-BAR_KEYS = ("score/best", "score/mean")
+BAR_KEYS = {"best": "score/best", "mean": "score/mean"}
 PLOTS = [Plot("bon_scores.png", ["score/best", "score/mean", "score/gain"], "Best-of-n: scores per prompt (x: prompt number)")]
 SAMPLES = "best"
 
@@ -56,16 +57,16 @@ class BoNScriptArguments(RunOptions):
     """Sampling temperature."""
 
 
-BoNOptions = None  # built from BestOfNSampler's signature on first use
+@functools.cache
+def bon_options() -> type:
+    """A dataclass of BestOfNSampler's keyword arguments (sample_size, seed, n_candidates)."""
+    from ..extras.best_of_n_sampler import BestOfNSampler
+
+    return options_from_signature("BoNOptions", BestOfNSampler.__init__, doc=BestOfNSampler.__doc__)
 
 
 def arguments():
-    from ..extras.best_of_n_sampler import BestOfNSampler
-
-    global BoNOptions
-    if BoNOptions is None:
-        BoNOptions = options_from_signature("BoNOptions", BestOfNSampler.__init__, doc=BestOfNSampler.__doc__)
-    return (BoNScriptArguments, BoNOptions)
+    return (BoNScriptArguments, bon_options())
 
 
 def run(args: BoNScriptArguments, options) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -11,7 +12,7 @@ from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, config_table, fini
 
 DESCRIPTION = "Direct preference optimisation (DPOTrainer) of a language model on prompt/chosen/rejected triples."
 
-BAR_KEYS = ("loss", "rewards/margins", "rewards/accuracies")
+BAR_KEYS = {"loss": "loss", "margin": "rewards/margins", "accuracy": "rewards/accuracies"}
 PLOTS = [
     Plot("dpo_loss_margins.png", ["loss", "rewards/margins", "rewards/accuracies"], "DPO: loss and reward margins (training)"),
     Plot("dpo_eval.png", ["eval_loss", "eval_rewards/margins", "eval_rewards/accuracies"], "DPO: evaluation"),
@@ -50,21 +51,23 @@ class DPOScriptArguments(RunOptions):
     """Use only the first this many triples."""
 
 
-DPOOptions = None  # built from DPOTrainer's signature on first use
+@functools.cache
+def dpo_options() -> type:
+    """A dataclass of DPOTrainer's keyword arguments (built on first use)."""
+    from transformers import TrainingArguments
+
+    from ..trainer.dpo_trainer import DPOTrainer
+
+    taken = {f.name for f in dataclasses.fields(TrainingArguments)}
+    # padding_value is left at DPOTrainer's default (the tokenizer's pad id): a saved 0 would mean token 0.
+    exclude = taken | {"padding_value", "is_encoder_decoder"}
+    return options_from_signature("DPOOptions", DPOTrainer.__init__, exclude=exclude, doc=DPOTrainer.__doc__)
 
 
 def arguments():
     from transformers import TrainingArguments
 
-    from ..trainer.dpo_trainer import DPOTrainer
-
-    global DPOOptions
-    if DPOOptions is None:
-        taken = {f.name for f in dataclasses.fields(TrainingArguments)}
-        # padding_value is left at DPOTrainer's default (the tokenizer's pad id): a saved 0 would mean token 0.
-        exclude = taken | {"padding_value", "is_encoder_decoder"}
-        DPOOptions = options_from_signature("DPOOptions", DPOTrainer.__init__, exclude=exclude, doc=DPOTrainer.__doc__)
-    return (DPOScriptArguments, DPOOptions, TrainingArguments)
+    return (DPOScriptArguments, dpo_options(), TrainingArguments)
 
 
 def run(args: DPOScriptArguments, options, training_args) -> dict:

@@ -20,7 +20,7 @@ DESCRIPTION = "Fine-tune a causal (or seq2seq) language model with PPO against a
 #: Mixed into per-step seeds so step s of seed a differs from step 0 of seed a + s.
 _STEP_SEED_STRIDE = 1_000_003
 #: Metrics shown on the progress bar.
-BAR_KEYS = ("env/reward_mean", "objective/kl", "ppo/loss/total")
+BAR_KEYS = {"reward": "env/reward_mean", "kl": "objective/kl", "loss": "ppo/loss/total"}
 PLOTS = [
     Plot("ppo_reward_kl.png", ["env/reward_mean", "objective/kl", "objective/kl_coef"], "PPO: reward and KL per step"),
     Plot("ppo_losses.png", ["ppo/loss/total", "ppo/loss/policy", "ppo/loss/value", "objective/entropy"], "PPO: losses and entropy"),

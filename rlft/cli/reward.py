@@ -10,7 +10,7 @@ from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, config_table, fini
 
 DESCRIPTION = "Train a reward model (RewardTrainer) on pairs of chosen and rejected texts."
 
-BAR_KEYS = ("loss", "eval_loss", "eval_accuracy")
+BAR_KEYS = {"loss": "loss", "eval_loss": "eval_loss", "accuracy": "eval_accuracy"}
 PLOTS = [Plot("reward_loss_accuracy.png", ["loss", "eval_loss", "eval_accuracy"], "Reward model: loss and pairwise accuracy")]
 
 #: Command-line defaults: curves need frequent logs; accuracy needs an eval split (a tenth of the data by default).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -11,7 +12,7 @@ from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, config_table, fini
 
 DESCRIPTION = "Supervised fine-tuning (SFTTrainer) of a causal language model on a text dataset."
 
-BAR_KEYS = ("loss", "eval_loss", "learning_rate")
+BAR_KEYS = {"loss": "loss", "eval_loss": "eval_loss", "lr": "learning_rate"}
 PLOTS = [Plot("sft_loss.png", ["loss", "eval_loss", "learning_rate"], "SFT: loss per step")]
 
 #: TrainingArguments defaults for command-line runs: log often enough to draw curves, our bar instead of
@@ -46,20 +47,22 @@ class SFTScriptArguments(RunOptions):
     """Before/after samples continue the first this many tokens of the first --num_samples texts."""
 
 
-SFTOptions = None  # built from SFTTrainer's signature on first use (keeps `rlft --help` free of transformers)
+@functools.cache
+def sft_options() -> type:
+    """A dataclass of SFTTrainer's keyword arguments (built on first use, so `rlft --help` needs no transformers)."""
+    from transformers import TrainingArguments
+
+    from ..trainer.sft_trainer import SFTTrainer
+
+    # A keyword that TrainingArguments also has (neftune_noise_alpha) is given there, once.
+    taken = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return options_from_signature("SFTOptions", SFTTrainer.__init__, exclude=taken, doc=SFTTrainer.__doc__)
 
 
 def arguments():
     from transformers import TrainingArguments
 
-    from ..trainer.sft_trainer import SFTTrainer
-
-    global SFTOptions
-    if SFTOptions is None:
-        # A keyword that TrainingArguments also has (neftune_noise_alpha) is given there, once.
-        taken = {f.name for f in dataclasses.fields(TrainingArguments)}
-        SFTOptions = options_from_signature("SFTOptions", SFTTrainer.__init__, exclude=taken, doc=SFTTrainer.__doc__)
-    return (SFTScriptArguments, SFTOptions, TrainingArguments)
+    return (SFTScriptArguments, sft_options(), TrainingArguments)
 
 
 def run(args: SFTScriptArguments, options, training_args) -> dict:

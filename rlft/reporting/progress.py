@@ -49,7 +49,8 @@ class TrainingProgress:
         total: the number of units (steps, epochs, queries) the loop will do.
         desc: the text before the bar.
         keys: the metric names shown after the bar, from those passed to `update` (the
-            latest value of each; a name not passed yet is left out).
+            latest value of each; a name not passed yet is left out), labelled by their last
+            part ("objective/kl" -> "kl"); or a dict {label: metric name}.
         unit: the name of one unit, shown in the rate.
         initial: units already done (a resumed run).
         disable: no bar at all (None: disabled only when the environment variable
@@ -64,7 +65,7 @@ class TrainingProgress:
         self,
         total: int | None,
         desc: str = "training",
-        keys: Sequence[str] = (),
+        keys: Sequence[str] | dict[str, str] = (),
         unit: str = "step",
         initial: int = 0,
         disable: bool | None = None,
@@ -72,7 +73,9 @@ class TrainingProgress:
     ):
         self.total = total
         self.desc = desc
-        self.keys = tuple(keys)
+        labels = dict(keys) if isinstance(keys, dict) else {_short_label(k, keys): k for k in keys}
+        self.labels = {label: key for label, key in labels.items()}
+        self.keys = tuple(labels.values())
         self.unit = unit
         self.initial = int(initial)
         self.n = int(initial)
@@ -146,7 +149,7 @@ class TrainingProgress:
 
     def postfix(self) -> dict[str, str]:
         """The shown values: the chosen metrics (short names) and tokens/s."""
-        shown = {_short_label(k, self.keys): _fmt(self.last[k]) for k in self.keys if k in self.last}
+        shown = {label: _fmt(self.last[key]) for label, key in self.labels.items() if key in self.last}
         if self.tokens_per_second is not None:
             shown["tok/s"] = f"{self.tokens_per_second:.0f}"
         return shown

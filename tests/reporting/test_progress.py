@@ -59,3 +59,9 @@ def test_off_the_main_thread_it_is_a_plain_flag():
     t.start()
     t.join()
     assert seen == [False]
+
+
+def test_labels_can_be_chosen():
+    with TrainingProgress(3, keys={"reward": "env/reward_mean", "loss": "ppo/loss/total"}, disable=True) as bar:
+        bar.update(1, **{"env/reward_mean": 0.25, "ppo/loss/total": 1.5, "other": 1})
+        assert bar.postfix() == {"reward": "0.25", "loss": "1.5"}
