@@ -539,6 +539,14 @@ class DPOTrainer(Trainer):
         dataset = dataset.add_column("reference_chosen_logps", torch.cat(chosen_all).tolist())
         return dataset.add_column("reference_rejected_logps", torch.cat(rejected_all).tolist())
 
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """transformers' ``train``. Resuming with ``precompute_ref_log_probs`` and no reference model
+        precomputes first: transformers loads the checkpoint's weights before it builds the loader,
+        and the reference must be the initial policy, not the resumed one."""
+        if self.precompute_ref_log_probs and resume_from_checkpoint:
+            self._precompute_reference()
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     # ------------------------------------------------------------------ data loaders
     def get_train_dataloader(self) -> DataLoader:
         """The training loader; with ``precompute_ref_log_probs`` the reference log-probs are computed first."""
