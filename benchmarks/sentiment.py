@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 
 
 def main(argv=None) -> dict:
@@ -26,8 +27,8 @@ def main(argv=None) -> dict:
     if not any(a == "--reward" or a.startswith("--reward=") for a in argv):
         argv += ["--reward", "vader"]
     (config,) = HfArgumentParser(DemoConfig).parse_args_into_dataclasses(argv)
-    if config.output_dir == DemoConfig.output_dir:
-        config = dataclasses.replace(config, output_dir=f"runs/sentiment-{config.reward}")
+    if config.output_dir is None:
+        config = dataclasses.replace(config, output_dir=time.strftime(f"runs/sentiment-{config.reward}-%Y%m%d-%H%M%S"))
     load_before = os.getloadavg()
     summary = run_demo(config)
     load_after = os.getloadavg()

@@ -15,7 +15,7 @@ class DemoConfig:
     test that needs no real asset).
     """
 
-    output_dir: str = field(default="runs/demo", metadata={"help": "Run directory (created; see --overwrite)."})
+    output_dir: Optional[str] = field(default=None, metadata={"help": "Run directory (default: runs/demo-<date>-<time>; an existing non-empty one needs --overwrite)."})
     overwrite: bool = field(default=False, metadata={"help": "Reuse a non-empty output_dir."})
     quick: bool = field(default=False, metadata={"help": "A ~3-minute version: smaller reward-model set, fewer PPO steps and prompts."})
     tiny: bool = field(default=False, metadata={"help": "Smoke test on the tiny offline model and made-up reviews (no real assets)."})

@@ -34,6 +34,8 @@ def resolved(config: DemoConfig) -> DemoConfig:
     """Fill the size defaults that depend on --quick / --tiny."""
     base = TINY if config.tiny else QUICK if config.quick else FULL
     changes = {k: v for k, v in base.items() if getattr(config, k) is None}
+    if config.output_dir is None:
+        changes["output_dir"] = time.strftime("runs/demo-%Y%m%d-%H%M%S")
     if config.tiny:
         changes.update(max_new_tokens=min(config.max_new_tokens, 12), batch_size=min(config.batch_size, 8),
                        mini_batch_size=min(config.mini_batch_size, 4), eval_samples_per_prompt=1)
@@ -60,9 +62,20 @@ class _Log:
 
 def run_demo(config: DemoConfig) -> dict:
     """Run the demo; returns the summary dict (also written to the run directory)."""
-    from ..reporting import RunDir
+    import transformers
 
     cfg = resolved(config)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # load reports of the head-less encoder are expected noise
+    try:
+        return _run(cfg, config)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def _run(cfg: DemoConfig, config: DemoConfig) -> dict:
+    from ..reporting import RunDir
+
     log = _Log()
     run = RunDir(cfg.output_dir, overwrite=cfg.overwrite)
     run.save_config(cfg)

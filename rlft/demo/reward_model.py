@@ -121,6 +121,9 @@ def train_reward_model(
         use_cpu=not torch.cuda.is_available(),
     )
     trainer = RewardTrainer(model=model, args=args, train_dataset=tokenize(train_pairs), processing_class=tokenizer)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the demo prints its own one-line summary
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start

@@ -27,6 +27,7 @@ class PPOSettings:
     init_kl_coef: float = 0.05
     adap_kl_ctrl: bool = True
     target_kl: float = 6.0
+    kl_horizon: int = 10000
     max_new_tokens: int = 24
     generation_batch_size: int = 32
     use_score_scaling: bool = True
@@ -54,6 +55,7 @@ def make_trainer(model, tokenizer, s: PPOSettings) -> PPOTrainer:
         init_kl_coef=s.init_kl_coef,
         adap_kl_ctrl=s.adap_kl_ctrl,
         target=s.target_kl,
+        horizon=s.kl_horizon,
         use_score_scaling=s.use_score_scaling,
         use_score_norm=s.use_score_norm,
         cliprange_value=s.cliprange_value,
