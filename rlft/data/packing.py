@@ -107,6 +107,24 @@ def pack_padded(input_ids: Tensor, attention_mask: Tensor, pad_token_id: int) ->
     return packed
 
 
+def last_non_pad_positions(packed: PackedRows, n: int, pad_token_id: int) -> Tensor:
+    """For each of the n sequences, the flat index (into K * L) of its rightmost token that is not ``pad_token_id``.
+
+    The position a sequence-classification head reads in transformers (``last_non_pad_token``:
+    the rightmost non-pad token of the row, which also skips an EOS used as pad). A sequence
+    made only of pad tokens gets its first token, as the padded model's ``argmax`` of zeros
+    gives a right-padded row's first position. Returns (n,) long.
+    """
+    flat = torch.arange(packed.seq.numel(), device=packed.seq.device).reshape(packed.seq.shape)  # (K, L)
+    owner = packed.seq.clamp(min=0).reshape(-1)  # (K*L,)
+    candidate = torch.where(packed.kept & (packed.input_ids != pad_token_id), flat, -1).reshape(-1)
+    last = torch.full((n,), -1, dtype=torch.long, device=flat.device).scatter_reduce(0, owner, candidate, "amax")
+    first = torch.full((n,), packed.seq.numel(), dtype=torch.long, device=flat.device).scatter_reduce(
+        0, owner, torch.where(packed.kept, flat, packed.seq.numel()).reshape(-1), "amin"
+    )
+    return torch.where(last >= 0, last, first)
+
+
 @torch.no_grad()
 def packed_attention_is_exact(model, vocab_size: int | None = None, atol: float = 1e-4) -> bool:
     """True when ``model`` keeps packed sequences apart given only ``position_ids``.

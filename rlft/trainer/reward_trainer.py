@@ -11,6 +11,8 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from .._compat import resolve_processing_class
+from ..data.dpo import pad_to_length
+from ..data.packing import last_non_pad_positions, pack_padded
 from ..data.reward import REWARD_COLUMNS, RewardDataCollatorWithPadding, compute_accuracy
 from ..functional.reward import pairwise_reward_loss
 from .reward_config import RewardConfig
@@ -176,17 +178,110 @@ class RewardTrainer(Trainer):
     # ----------------------------------------------------------------- loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Pairwise loss of one batch; with ``return_outputs`` also the rewards, each (B, 1)."""
+        """Pairwise loss of one batch; with ``return_outputs`` also the rewards, each (B, 1).
+
+        The rewards come from `_packed_rewards` (chosen and rejected in one forward, without
+        padding) when it gives the model's own rewards (checked once per model), otherwise
+        from `_padded_rewards` (two padded forwards, as TRL 0.7.10).
+        """
+        rewards = self._packed_rewards(model, inputs) if self._can_pack(model) else None
+        rewards_chosen, rewards_rejected = rewards if rewards is not None else self._padded_rewards(model, inputs)
+        loss, _ = pairwise_reward_loss(rewards_chosen, rewards_rejected, inputs.get(MARGIN_COLUMN))
+        if return_outputs:
+            return loss, {"rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected}
+        return loss
+
+    @staticmethod
+    def _padded_rewards(model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1) rewards of the chosen and of the rejected sequences, one padded forward each."""
         rewards_chosen = model(
             input_ids=inputs["input_ids_chosen"], attention_mask=inputs["attention_mask_chosen"], return_dict=True
         )["logits"]
         rewards_rejected = model(
             input_ids=inputs["input_ids_rejected"], attention_mask=inputs["attention_mask_rejected"], return_dict=True
         )["logits"]
-        loss, _ = pairwise_reward_loss(rewards_chosen, rewards_rejected, inputs.get(MARGIN_COLUMN))
-        if return_outputs:
-            return loss, {"rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected}
-        return loss
+        return rewards_chosen, rewards_rejected
+
+    @staticmethod
+    def _packed_rewards(model, inputs) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`_padded_rewards` from one forward of the 2B sequences packed into fewer rows (`rlft.data.packing`).
+
+        The backbone runs on the packed rows; the score head reads, for each sequence, the
+        position the model's own pooling reads (its rightmost non-pad token). None when the
+        batch is left-padded or packing saves no row.
+        """
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        pad = inner.config.pad_token_id
+        ids_c, ids_r = inputs["input_ids_chosen"], inputs["input_ids_rejected"]
+        width = max(ids_c.shape[1], ids_r.shape[1])
+        ids = torch.cat([pad_to_length(ids_c, width, pad), pad_to_length(ids_r, width, pad)])  # (2B, L)
+        mask = torch.cat([pad_to_length(inputs["attention_mask_chosen"], width, 0),
+                          pad_to_length(inputs["attention_mask_rejected"], width, 0)])  # (2B, L)
+        if not bool(mask[:, 0].all()):
+            return None  # left padding: the padded model's pooling can read a pad position
+        packed = pack_padded(ids, mask, pad)
+        if packed is None:
+            return None
+        hidden = inner.base_model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False)[0]  # (K, L, d)
+        pooled = hidden.reshape(-1, hidden.shape[-1])[last_non_pad_positions(packed, ids.shape[0], pad)]  # (2B, d)
+        rewards = inner.score(pooled)  # (2B, 1)
+        return rewards[: ids_c.shape[0]], rewards[ids_c.shape[0] :]
+
+    def _can_pack(self, model) -> bool:
+        """Whether `_packed_rewards` may stand in for `_padded_rewards` with this model (checked once per model).
+
+        Needs an unwrapped (no DDP) model with a linear ``score`` head over ``base_model`` and a
+        pad token; then a probe batch must give the padded forward's rewards. Set
+        ``trainer.padding_free = False`` to always take the padded forwards.
+        """
+        if not getattr(self, "padding_free", True) or model is not self.accelerator.unwrap_model(model):
+            return False
+        checked = self.__dict__.setdefault("_packing_checked", {})
+        if id(model) not in checked:
+            checked[id(model)] = (model, self._packing_probe(model))  # the model is kept so its id stays unique
+        return checked[id(model)][1]
+
+    def _packing_probe(self, model) -> bool:
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        pad = getattr(getattr(inner, "config", None), "pad_token_id", None)
+        if pad is None or not isinstance(getattr(inner, "score", None), nn.Linear) or not hasattr(inner, "base_model"):
+            return False
+        vocab = getattr(inner.config, "vocab_size", 0) or 0
+        if vocab < 3:
+            return False
+        device = next(inner.parameters()).device
+        gen = torch.Generator().manual_seed(0)
+        rows = []  # lengths 5, 3 (chosen) and 2, 4 (rejected); one ends with the pad id, as EOS-as-pad data does
+        for length, last_pad in ((5, False), (3, False), (2, True), (4, False)):
+            ids = torch.randint(0, vocab, (length,), generator=gen)
+            ids[ids == pad] = (pad + 1) % vocab
+            if last_pad:
+                ids[-1] = pad
+            rows.append(ids)
+
+        def side(seqs):
+            width = max(len(x) for x in seqs)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for i, x in enumerate(seqs):
+                ids[i, : len(x)], mask[i, : len(x)] = x, 1
+            return ids.to(device), mask.to(device)
+
+        (ic, mc), (ir, mr) = side(rows[:2]), side(rows[2:])
+        probe = {"input_ids_chosen": ic, "attention_mask_chosen": mc, "input_ids_rejected": ir, "attention_mask_rejected": mr}
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                packed = self._packed_rewards(model, probe)
+                padded = self._padded_rewards(model, probe)
+        except (TypeError, ValueError, RuntimeError, AttributeError, IndexError):
+            return False
+        finally:
+            model.train(was_training)
+        if packed is None:
+            return False
+        return all(torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-3) for a, b in zip(packed, padded))
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Loss, (B, 2) rewards of (chosen, rejected), and labels (B,) = 0 (chosen is preferred)."""
