@@ -45,8 +45,8 @@ OP_CATEGORIES = (
 class Context:
     """What an implementation builds its workload from, and the step clock it reports to."""
 
-    def __init__(self, root: str, arch: str, workload: spec.Workload, device: str):
-        self.root, self.arch, self.workload, self.device = root, arch, workload, device
+    def __init__(self, root: str, arch: str, workload: spec.Workload, device: str, bf16: bool = False):
+        self.root, self.arch, self.workload, self.device, self.bf16 = root, arch, workload, device, bf16
         self.tokenizer = fixtures.load_tokenizer(root)
         self.data = fixtures.load_data(root)
         self.counts = {"grad_tokens": 0, "nograd_tokens": 0, "flops": 0.0, "batch_tokens": 0}
@@ -61,7 +61,10 @@ class Context:
         kind = kind or self.workload.model_kind
         model = fixtures.load_model(self.root, self.arch, kind, attn="sdpa")
         if self.device == "cuda":
-            model = model.to(device="cuda", dtype=torch.bfloat16)
+            # Trainer workloads keep fp32 weights under bf16 autocast; the PPO and best-of-n loops
+            # have no autocast, so their models run in bf16.
+            dtype = torch.bfloat16 if self.workload.flops_per_param_token is None else torch.float32
+            model = model.to(device="cuda", dtype=dtype)
         n = fixtures.matmul_params(model, with_lm_head=kind == "causal")
         model.base_model.register_forward_pre_hook(self._counter(n), with_kwargs=True)
         self.n_params = n
@@ -150,7 +153,13 @@ class Context:
             output_dir=output_dir, per_device_train_batch_size=w.batch_size, max_steps=w.warmup + w.steps,
             learning_rate=spec.LEARNING_RATE, logging_steps=10**6, save_strategy="no", report_to="none",
             use_cpu=not torch.cuda.is_available(), seed=fixtures.SEED, data_seed=fixtures.SEED, disable_tqdm=True,
-            dataloader_num_workers=0, **extra,
+            dataloader_num_workers=0,
+            # Same compute/memory trade-off on both sides (TRL's configs default to checkpointing on,
+            # rlft's RewardConfig too, as TRL 0.7.10's); at this size recomputation buys nothing.
+            gradient_checkpointing=False,
+            # Same precision on both sides: TRL's configs default to bf16 autocast even on CPU, rlft's
+            # (transformers') to fp32. fp32 on CPU unless --bf16; bf16 autocast on CUDA.
+            bf16=self.device == "cuda" or self.bf16, **extra,
         )
 
 
@@ -208,6 +217,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--profile", action="store_true", help="torch.profiler over the timed steps (slows them)")
+    parser.add_argument("--bf16", action="store_true", help="Trainer workloads under bf16 autocast on CPU too")
     parser.add_argument("--peak", action="store_true", help="also measure the matmul peak in this process")
     opts = parser.parse_args(argv)
 
@@ -228,7 +238,7 @@ def main(argv=None) -> dict:
         from workloads import impl_trl as impl
     import transformers
 
-    ctx = Context(opts.fixtures, opts.arch, workload, device)
+    ctx = Context(opts.fixtures, opts.arch, workload, device, bf16=opts.bf16)
     prof = None
     if opts.profile:
         from torch.profiler import ProfilerActivity, profile
