@@ -20,3 +20,11 @@ class BaseTrainer:
 
     def _save_pretrained(self, save_directory):
         raise NotImplementedError(f"{type(self).__name__} does not implement _save_pretrained()")
+
+    def save_checkpoint(self, directory):
+        """Save the complete training state to ``directory/checkpoint-<step>`` atomically; return that folder."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement save_checkpoint()")
+
+    def load_checkpoint(self, path):
+        """Restore a `save_checkpoint` folder (or the latest complete one in a run folder); return the folder used."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement load_checkpoint()")

@@ -114,7 +114,7 @@ def test_reward_datasets(model_path, pad_tokenizer, column, mutation, drop):
             rows[twin] = [[1] * 400 for _ in rows[column]]
     elif mutation == "negative id":
         rows[column] = [[-3] + list(v[1:]) for v in rows[column]]
-    valid = not drop and mutation in ("ok", "very long")
+    valid = not drop and mutation == "ok"  # a "very long" mask next to short ids is a length mismatch
     cfg = RewardConfig(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, max_steps=1, per_device_train_batch_size=2,
                        save_strategy="no", disable_tqdm=True, max_length=64, gradient_checkpointing=False)
 
