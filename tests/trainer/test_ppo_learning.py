@@ -1,0 +1,69 @@
+"""PPO learns a programmatic reward with a LoRA adapter and with encoder-decoder models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rlft import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead, PPOConfig, PPOTrainer
+from rlft.core import set_seed
+
+LOW_IDS = 200  # reward: the share of response tokens with an id below this (about 20% at random)
+
+
+def _run(trainer, steps, *, seq2seq=False, n=16, new_tokens=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    for _ in range(steps):
+        qs = [torch.randint(5, 900, (4,), generator=g) for _ in range(n)]
+        rs = trainer.generate(qs, return_prompt=False, batch_size=n, do_sample=True, top_k=0, top_p=1.0,
+                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None)
+        body = [r[1:] if seq2seq else r for r in rs]  # seq2seq responses start with the decoder-start token
+        scores = [(b < LOW_IDS).float().mean() for b in body]
+        trainer.step(qs, rs, scores)
+        history.append(torch.stack(scores).mean().item())
+    return history
+
+
+def test_ppo_with_lora_learns_and_keeps_base_weights(tmp_path, tokenizer):
+    """LoRA on the blocks and the (untied) LM head; the reference is the adapter-disabled policy.
+
+    On a tiny random model this reward is learnable only through the output layer (with the
+    output embedding frozen, full fine-tuning does not learn it either), hence the untied head.
+    """
+    peft = pytest.importorskip("peft")
+    from rlft.testing.tiny import build_model
+
+    set_seed(0)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    build_model("gpt2", tokenizer, tmp_path / "untied", tie_word_embeddings=False)
+    lora = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["c_attn", "c_proj", "c_fc", "lm_head"])
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(tmp_path / "untied", peft_config=lora)
+    base_before = {k: v.clone() for k, v in model.pretrained_model.named_parameters() if "lora_" not in k}
+    config = PPOConfig(batch_size=16, mini_batch_size=8, learning_rate=1e-2, ppo_epochs=2, init_kl_coef=0.01,
+                       adap_kl_ctrl=False)
+    trainer = PPOTrainer(config, model, None, tokenizer)
+    assert trainer.ref_model is None  # no copy: the reference is the policy with its adapter disabled
+    history = _run(trainer, 16)
+    assert np.mean(history[-5:]) > np.mean(history[:5]) + 0.05, history
+    for k, v in model.pretrained_model.named_parameters():
+        if "lora_" not in k:
+            torch.testing.assert_close(v, base_before[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="open (issue 3): tiny random T5/BART do not yet learn this reward reliably; see notes", strict=False)
+@pytest.mark.parametrize("arch", ["t5", "bart"])
+def test_ppo_seq2seq_learns(model_path, tokenizer, arch):
+    set_seed(0)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(model_path(arch))
+    config = PPOConfig(batch_size=16, mini_batch_size=8, learning_rate=3e-3, ppo_epochs=2, init_kl_coef=0.01,
+                       adap_kl_ctrl=False)
+    trainer = PPOTrainer(config, model, None, tokenizer)
+    assert trainer.is_encoder_decoder
+    history = _run(trainer, 15, seq2seq=True)
+    assert np.mean(history[-3:]) > np.mean(history[:3]) + 0.1, history
