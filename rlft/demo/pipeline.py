@@ -221,7 +221,7 @@ def _ppo(model, tokenizer, data: DemoData, reward_fn, cfg: DemoConfig, run, log)
 
     settings = PPOSettings(
         learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, mini_batch_size=cfg.mini_batch_size,
-        ppo_epochs=cfg.ppo_epochs, init_kl_coef=cfg.init_kl_coef, target_kl=cfg.target_kl,
+        ppo_epochs=cfg.ppo_epochs, init_kl_coef=cfg.init_kl_coef, target_kl=cfg.target_kl, kl_horizon=cfg.kl_horizon,
         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
     )
     trainer = make_trainer(model, tokenizer, settings)
