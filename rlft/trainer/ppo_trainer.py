@@ -215,7 +215,7 @@ class PPOTrainer(BaseTrainer):
         sampler = getattr(self.dataloader, "sampler", None)
 
         # -- optimizer, scheduler, accelerator
-        self.optimizer = optimizer or torch.optim.Adam(
+        self.optimizer = optimizer or _default_optimizer(
             [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
         )
         self.lr_scheduler = lr_scheduler
@@ -1184,10 +1184,15 @@ model = AutoModelForCausalLMWithValueHead.from_pretrained("{path.name}")
         policy = self.accelerator.unwrap_model(self.model)
         return {n: p for n, p in policy.named_parameters() if p.requires_grad or not self.is_peft_model}
 
+    def _is_policy(self, model) -> bool:
+        # accelerate's list may hold the DDP wrapper or the bare module: compare what is inside.
+        unwrap = self.accelerator.unwrap_model
+        return unwrap(model) is unwrap(self.model)
+
     def _save_policy_hook(self, models, weights, output_dir) -> None:
         # accelerate would save the full state dict (for peft: the whole frozen base); save our own selection instead.
         for i, model in enumerate(models):
-            if model is self.model and i < len(weights):
+            if self._is_policy(model) and i < len(weights):
                 weights.pop(i)
                 if self.accelerator.is_main_process:
                     from safetensors.torch import save_file
@@ -1197,9 +1202,10 @@ model = AutoModelForCausalLMWithValueHead.from_pretrained("{path.name}")
                 return
 
     def _load_policy_hook(self, models, input_dir) -> None:
-        if self.model not in models:  # DeepSpeed / FSDP: accelerate loads the engine's own files
+        mine = [m for m in models if self._is_policy(m)]
+        if not mine:  # DeepSpeed / FSDP: accelerate loads the engine's own files
             return
-        models.remove(self.model)
+        models.remove(mine[0])
         path = Path(input_dir) / POLICY_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: the checkpoint has no policy weights.")
@@ -1330,6 +1336,18 @@ def _length_stats(name: str, lens: Tensor) -> dict:
         f"tokens/{name}_len_std": lens.std().item() if lens.numel() > 1 else 0.0,
         f"tokens/{name}_dist": lens.numpy(),
     }
+
+
+def _default_optimizer(params: list, lr: float) -> torch.optim.Optimizer:
+    """Adam (TRL's default), as one fused kernel over all parameters where torch has one for them.
+
+    The same update as ``torch.optim.Adam(params, lr=lr)``, whose per-parameter loop on CPU
+    took about 10% of a small model's PPO step; the fused kernel applies it in one pass.
+    """
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # a device or dtype without a fused kernel
+        return torch.optim.Adam(params, lr=lr)
 
 
 def _safe_var(values: Tensor, mask: Tensor) -> Tensor:

@@ -83,8 +83,22 @@ def test_ppo_two_processes_match_one(model_path, tmp_path):
             np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4, err_msg=key)
     skipped = two["history"][1]
     assert skipped["ppo/nonfinite/skipped"] == 1.0 and math.isnan(skipped["objective/kl"])
-    assert Path(two["checkpoint"]).name == "checkpoint-3"
-    assert json.loads((Path(two["checkpoint"]) / "ppo_trainer_state.json").read_text())["world_size"] == 2
+    # the checkpoint written by two processes loads into one (with a warning about the world size)
+    ckpt = Path(two["checkpoint"])
+    assert ckpt.name == "checkpoint-3" and json.loads((ckpt / "ppo_trainer_state.json").read_text())["world_size"] == 2
+    from transformers import AutoTokenizer
+
+    from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.pad_token = tok.eos_token
+    trainer = PPOTrainer(PPOConfig(batch_size=8, mini_batch_size=8), AutoModelForCausalLMWithValueHead.from_pretrained(model_dir),
+                         None, tok)
+    with pytest.warns(UserWarning, match="saved with 2 processes"):
+        trainer.load_checkpoint(ckpt.parent)
+    saved = load_file(str(tmp_path / "two" / "params.safetensors"))
+    assert all(torch.equal(p, saved[n]) for n, p in trainer.model.named_parameters())
+    assert trainer.current_step == 3
 
 
 @pytest.mark.slow
