@@ -116,6 +116,7 @@ def train_reward_model(
         save_strategy="no",
         report_to=[],
         max_length=max_length,
+        gradient_checkpointing=False,  # RewardConfig's default (True, as in TRL) only costs time on a 22M model
         seed=seed,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
