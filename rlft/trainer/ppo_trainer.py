@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import math
 import time
 import warnings
@@ -38,12 +37,10 @@ from ..functional.logprobs import entropy_from_logits, selected_log_probs
 from ..functional.ppo import approx_kl, gae, kl_full, kl_penalty, per_token_rewards, policy_loss, value_loss
 from ..functional.running import RunningMoments
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper, create_reference_model
-from ..utils.checkpoint import (
-    CHECKPOINT_PREFIX, atomic_directory, prune_checkpoints, remove_interrupted_saves, resolve_checkpoint,
-)
 from ..utils.faults import NonFiniteGuard, grad_norm, is_out_of_memory, nonfinite_names, out_of_memory_error
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
 from . import _distributed
+from ._ppo_checkpoint import PPOCheckpointMixin
 from ._helpers import disable_dropout_in_model, pad
 from .base import BaseTrainer
 from .kl_control import AdaptiveKLController, FixedKLController
@@ -63,12 +60,6 @@ _SCALAR_STATS = (
     "ppo/returns/var", "ppo/val/vpred", "ppo/val/error", "ppo/val/clipfrac", "ppo/val/mean", "ppo/val/var",
     "ppo/val/var_explained",
 )
-#: Files of a PPO checkpoint written by rlft itself (accelerate writes the optimizer, scheduler and RNG files).
-TRAINER_STATE_FILE = "ppo_trainer_state.json"
-POLICY_FILE = "policy.safetensors"
-CHECKPOINT_FORMAT = "rlft-ppo-checkpoint"
-#: Elements of each reference parameter hashed into the reference fingerprint (cheap even for large models).
-_FINGERPRINT_ELEMENTS = 64
 
 
 @dataclass
@@ -123,7 +114,7 @@ def _list_collator(examples: list[dict]) -> dict:
     return {key: [example[key] for example in examples] for key in examples[0]}
 
 
-class PPOTrainer(BaseTrainer):
+class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
     """Proximal Policy Optimization for language models with a value head.
 
     Args:
@@ -1059,176 +1050,6 @@ model = AutoModelForCausalLMWithValueHead.from_pretrained("{path.name}")
         self.accelerator.unwrap_model(self.model).save_pretrained(save_directory)
         self.tokenizer.save_pretrained(save_directory)
         self.create_model_card(save_directory)
-
-    # ================================================================== checkpoints
-    def save_checkpoint(self, directory: Union[str, Path]) -> Path:
-        """Save the complete training state to ``directory/checkpoint-<current_step>``, atomically.
-
-        The checkpoint holds the policy and value head (for a peft model: the trainable
-        adapter and value head only), the optimizer, the learning-rate scheduler, the
-        random-number generators of every process (accelerate's files), and
-        ``ppo_trainer_state.json``: the step count, KL controller, score-scaling moments,
-        dataloader position and non-finite counters. It is written to a hidden temporary
-        folder and renamed into place only when complete (see `rlft.utils.checkpoint`),
-        so a kill during the save leaves the previous checkpoints intact. With
-        ``PPOConfig.save_total_limit`` only that many newest checkpoints are kept.
-        Call it on every process. Returns the checkpoint folder.
-        """
-        directory = Path(directory)
-        final = directory / f"{CHECKPOINT_PREFIX}{self.current_step}"
-        acc = self.accelerator
-        marker = {"step": self.current_step, "trainer": type(self).__name__}
-        if acc.is_main_process:
-            remove_interrupted_saves(directory)
-        with atomic_directory(final, marker_extra=marker, is_main_process=acc.is_main_process, barrier=acc.wait_for_everyone) as tmp:
-            acc.save_state(str(tmp))  # the policy goes through _save_policy_hook
-            if acc.is_main_process:
-                (tmp / TRAINER_STATE_FILE).write_text(json.dumps(self._trainer_state(), indent=1), encoding="utf-8")
-        if self.nonfinite.consecutive == 0:  # saved while healthy: a good point to come back to
-            self.nonfinite.last_good_checkpoint = final
-        if acc.is_main_process and self.config.save_total_limit is not None:
-            keep = {self.nonfinite.last_good_checkpoint, final}
-            prune_checkpoints(directory, self.config.save_total_limit, protect=keep)
-        acc.wait_for_everyone()
-        return final
-
-    def load_checkpoint(self, path: Union[str, Path]) -> Path:
-        """Restore the state written by `save_checkpoint`; returns the checkpoint folder used.
-
-        ``path`` is a checkpoint folder, or a run folder whose latest complete checkpoint is
-        used. Build the trainer exactly as for the original run (same base model, reference,
-        config, dataset, optimizer and scheduler types), then call this on every process:
-        the next `step` (and the next batch of ``self.dataloader``) continue where the saved
-        run stopped. Raises FileNotFoundError / ValueError naming what is missing or does not match.
-        """
-        ckpt = resolve_checkpoint(path)
-        state_file = ckpt / TRAINER_STATE_FILE
-        if not state_file.is_file():
-            raise ValueError(f"{ckpt} is not a PPOTrainer checkpoint: it has no {TRAINER_STATE_FILE}.")
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{state_file} is not a {CHECKPOINT_FORMAT} file (format={state.get('format')!r}).")
-        self._check_checkpoint_matches(ckpt, state)
-        self.accelerator.load_state(str(ckpt))  # the policy goes through _load_policy_hook
-        self.current_step = int(state["step"])
-        self.kl_ctl.load_state_dict(state["kl_ctl"])
-        self.running.load_state_dict(state["running"])
-        self.nonfinite.load_state_dict(state["nonfinite"])
-        self.nonfinite.last_good_checkpoint = ckpt
-        if self.dataloader is not None and state.get("dataloader") is not None:
-            self.dataloader.load_state_dict(state["dataloader"])
-        self._drop_gradients()
-        return ckpt
-
-    def _trainer_state(self) -> dict:
-        from .. import __version__
-
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "rlft_version": __version__,
-            "step": self.current_step,
-            "kl_ctl": self.kl_ctl.state_dict(),
-            "running": self.running.state_dict(),
-            "nonfinite": self.nonfinite.state_dict(),
-            "dataloader": self.dataloader.state_dict() if self.dataloader is not None else None,
-            "world_size": self.accelerator.num_processes,
-            "has_scheduler": self.lr_scheduler is not None,
-            "is_peft_model": self.is_peft_model,
-            "reference_fingerprint": self._reference_fingerprint(),
-            "config": self.config.to_dict(),
-        }
-
-    def _check_checkpoint_matches(self, ckpt: Path, state: dict) -> None:
-        """Refuse checkpoints that would silently train something else; warn about benign differences."""
-        if bool(state.get("is_peft_model")) != self.is_peft_model:
-            raise ValueError(
-                f"{ckpt} was saved from a {'peft' if state.get('is_peft_model') else 'full'} model but this trainer has a "
-                f"{'peft' if self.is_peft_model else 'full'} one; build the trainer as in the saved run."
-            )
-        if state.get("has_scheduler") and self.lr_scheduler is None:
-            warnings.warn(f"{ckpt} holds a learning-rate scheduler state but this trainer has no lr_scheduler; it is ignored.",
-                          UserWarning, stacklevel=3)
-        if self.lr_scheduler is not None and not state.get("has_scheduler"):
-            raise ValueError(f"This trainer has an lr_scheduler but {ckpt} was saved without one; pass lr_scheduler=None.")
-        saved_fp, fp = state.get("reference_fingerprint"), self._reference_fingerprint()
-        if saved_fp is not None and fp is not None and saved_fp != fp:
-            raise ValueError(
-                f"The reference model differs from the one {ckpt} was trained against (the KL penalty would change). "
-                "Build the trainer from the same base model as the saved run (not from a trained checkpoint), "
-                "then load_checkpoint restores the trained policy."
-            )
-        if state.get("world_size") != self.accelerator.num_processes:
-            warnings.warn(
-                f"{ckpt} was saved with {state.get('world_size')} processes, this run has {self.accelerator.num_processes}: "
-                "the weights, optimizer and counters are restored, but the random streams and the data order differ "
-                "from an uninterrupted run.", UserWarning, stacklevel=3,
-            )
-        for key in ("batch_size", "mini_batch_size", "gradient_accumulation_steps", "seed"):
-            saved = state.get("config", {}).get(key)
-            if saved is not None and saved != getattr(self.config, key):
-                warnings.warn(f"PPOConfig.{key} was {saved} in {ckpt}, now {getattr(self.config, key)}.", UserWarning, stacklevel=3)
-
-    def _reference_fingerprint(self) -> Optional[list[float]]:
-        """A few values of every frozen reference parameter (the base weights for peft), to detect a changed reference."""
-        if self.ref_model is not None:  # the language model only: a copied value head plays no part in the KL
-            params = list(getattr(self.ref_model, "pretrained_model", self.ref_model).parameters())
-        else:
-            params = [p for p in self.accelerator.unwrap_model(self.model).pretrained_model.parameters() if not p.requires_grad]
-        if not params or any(p.numel() == 0 for p in params):  # sharded (ZeRO-3) or empty: nothing reliable to compare
-            return None
-        with torch.no_grad():
-            return [round(float(p.detach().reshape(-1)[:_FINGERPRINT_ELEMENTS].double().sum()), 6) for p in params]
-
-    def _policy_state(self) -> dict[str, Tensor]:
-        """Parameters a checkpoint stores: all of the policy and value head, or only the trainable ones for peft."""
-        policy = self.accelerator.unwrap_model(self.model)
-        return {n: p for n, p in policy.named_parameters() if p.requires_grad or not self.is_peft_model}
-
-    def _is_policy(self, model) -> bool:
-        # accelerate's list may hold the DDP wrapper or the bare module: compare what is inside.
-        unwrap = self.accelerator.unwrap_model
-        return unwrap(model) is unwrap(self.model)
-
-    def _save_policy_hook(self, models, weights, output_dir) -> None:
-        # accelerate would save the full state dict (for peft: the whole frozen base); save our own selection instead.
-        for i, model in enumerate(models):
-            if self._is_policy(model) and i < len(weights):
-                weights.pop(i)
-                if self.accelerator.is_main_process:
-                    from safetensors.torch import save_file
-
-                    tensors = {n: p.detach().contiguous().cpu() for n, p in self._policy_state().items()}
-                    save_file(tensors, str(Path(output_dir) / POLICY_FILE), metadata={"format": "pt", "writer": "rlft"})
-                return
-
-    def _load_policy_hook(self, models, input_dir) -> None:
-        mine = [m for m in models if self._is_policy(m)]
-        if not mine:  # DeepSpeed / FSDP: accelerate loads the engine's own files
-            return
-        models.remove(mine[0])
-        path = Path(input_dir) / POLICY_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the checkpoint has no policy weights.")
-        from safetensors.torch import load_file
-
-        try:
-            saved = load_file(str(path))
-        except Exception as err:  # safetensors raises several types for a damaged file
-            raise ValueError(f"Could not read {path}: the file is damaged ({err}).") from err
-        params = self._policy_state()
-        missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
-        if missing or unexpected:
-            raise ValueError(
-                f"{path} does not match this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. Build the trainer as in the saved run."
-            )
-        for name, param in params.items():  # check everything before changing anything
-            if tuple(saved[name].shape) != tuple(param.shape):
-                raise ValueError(f"{path}: {name} has shape {tuple(saved[name].shape)}, the model expects {tuple(param.shape)}.")
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(saved[name].to(device=param.device, dtype=param.dtype))
-
 
 # ====================================================================== helpers
 def _pad(seqs: list[Tensor], value: int, side: str) -> tuple[Tensor, Tensor]:
