@@ -2,8 +2,9 @@
 
 An alternative to RL fine-tuning for getting better outputs from a model at
 inference time (rejection sampling; see e.g. Nakano et al. 2021, "WebGPT",
-section 3 and Stiennon et al. 2020, section 4). The samples of one query are
-generated as one batch, and the scorer sees each query's samples in one call.
+section 3 and Stiennon et al. 2020, section 4). The samples of several queries
+are generated in one batch (left-padded), and the scorer sees each query's
+samples in one call.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from torch import Tensor
 from ..core import set_seed
 
 TokenizedQuery = Union[Sequence[int], Tensor]
+
+#: Queries whose samples share one ``model.generate`` call by default (BestOfNSampler.queries_per_generate).
+QUERIES_PER_GENERATE = 8
+#: Generation options under which rows of different queries cannot share a batch and be cut back
+#: exactly to what each query's own batch returns: they are generated query by query.
+_PER_QUERY_OPTIONS = frozenset({
+    "attention_mask", "stopping_criteria", "stop_strings", "max_time", "max_length", "num_return_sequences",
+    "prefix_allowed_tokens_fn", "inputs_embeds", "position_ids", "num_beams", "streamer", "assistant_model",
+})
 
 
 class BestOfNSampler:
@@ -92,6 +102,9 @@ class BestOfNSampler:
         self.n_candidates = n_candidates
         self.gen_config = generation_config
         self._calls = 0  # generate() calls so far; offsets the seed so successive calls differ
+        # How many queries' samples go through one model.generate call: more is faster (one
+        # decoding loop instead of several) and holds more rows in memory; 1 = query by query.
+        self.queries_per_generate = QUERIES_PER_GENERATE
 
     @property
     def generation_config(self):
@@ -128,13 +141,121 @@ class BestOfNSampler:
         self._warn_if_greedy(generation_kwargs)
 
         if self.seed is None:
-            return [self._best_of_one(query, skip_special_tokens, device, generation_kwargs) for query in queries]
+            return self._best_of_all(queries, skip_special_tokens, device, generation_kwargs)
         with _isolated_rng():
             set_seed(self.seed + self._calls)
             self._calls += 1
-            return [self._best_of_one(query, skip_special_tokens, device, generation_kwargs) for query in queries]
+            return self._best_of_all(queries, skip_special_tokens, device, generation_kwargs)
 
     # ------------------------------------------------------------------ internals
+
+    def _best_of_all(self, queries: list[Tensor], skip_special_tokens: bool, device, generation_kwargs: dict) -> list[list[str]]:
+        """The best texts of every query, sampling several queries in one ``model.generate`` call.
+
+        Each query's new-token budget is drawn first, in query order. Queries with the same
+        budget are generated together, ``queries_per_generate`` at a time (`_sample_together`),
+        and each query's rows are cut back to exactly what a batch of that query alone returns.
+        Options that would make the rows of different queries interact, and encoder-decoder
+        models, fall back to `_best_of_one` (query by query).
+        """
+        ids = self._batch_token_ids(generation_kwargs)
+        if ids is None or self.queries_per_generate <= 1:
+            return [self._best_of_one(query, skip_special_tokens, device, generation_kwargs) for query in queries]
+        pad_id, eos_ids = ids
+        budgets = []
+        for _ in queries:
+            drawn = int(self.length_sampler())  # drawn for every query, as query-by-query sampling does
+            budgets.append(int(generation_kwargs.get("max_new_tokens", drawn)))
+        by_budget: dict[int, list[int]] = {}
+        for i, budget in enumerate(budgets):
+            by_budget.setdefault(budget, []).append(i)
+        outputs: list[Optional[Tensor]] = [None] * len(queries)
+        for budget, members in by_budget.items():
+            for start in range(0, len(members), self.queries_per_generate):
+                chunk = members[start : start + self.queries_per_generate]
+                rows = self._sample_together([queries[i] for i in chunk], budget, pad_id, eos_ids, device, generation_kwargs)
+                for i, out in zip(chunk, rows):
+                    outputs[i] = out
+        # the scorer sees each query's samples in one call, in query order
+        return [self._select(self.tokenizer.batch_decode(out, skip_special_tokens=skip_special_tokens)) for out in outputs]
+
+    def _sample_together(
+        self, queries: list[Tensor], budget: int, pad_id: int, eos_ids: set[int], device, generation_kwargs: dict
+    ) -> list[Tensor]:
+        """``sample_size`` continuations of each query from one left-padded generate call.
+
+        Returns one (sample_size, T_query + T_new) tensor per query, equal in shape and layout to
+        what ``model.generate`` returns for a batch of that query's copies alone: the left
+        padding is removed and the columns after its last row finished are cut off.
+        """
+        n, width = self.sample_size, max(len(q) for q in queries)
+        input_ids = torch.full((len(queries) * n, width), pad_id, dtype=torch.long)  # (Q * n, width)
+        attention_mask = torch.zeros_like(input_ids)
+        for j, query in enumerate(queries):
+            input_ids[j * n : (j + 1) * n, width - len(query) :] = query.cpu()
+            attention_mask[j * n : (j + 1) * n, width - len(query) :] = 1
+        kwargs = dict(generation_kwargs, max_new_tokens=budget, attention_mask=attention_mask.to(device))
+        kwargs.setdefault("pad_token_id", pad_id)
+        kwargs = self._merged_with_config(kwargs)
+        with torch.no_grad():
+            output = self.model.generate(input_ids=input_ids.to(device), **kwargs)  # (Q * n, width + T_new)
+        new = output[:, width:]  # (Q * n, T_new)
+        # a row's own length: through its first EOS (HF fills the rest with pad_token_id)
+        done = torch.full((new.shape[0],), new.shape[1], dtype=torch.long, device=new.device)
+        if eos_ids and new.shape[1] > 0:
+            is_eos = torch.isin(new, torch.tensor(sorted(eos_ids), device=new.device))
+            first = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, done)
+            done = first
+        rows = []
+        for j, query in enumerate(queries):
+            length = int(done[j * n : (j + 1) * n].max())  # the query's own batch stops when its last row is done
+            rows.append(output[j * n : (j + 1) * n, width - len(query) : width + length])
+        return rows
+
+    def _batch_token_ids(self, generation_kwargs: dict) -> Optional[tuple[int, set[int]]]:
+        """(pad id, EOS ids) that ``generate`` will use, or None when queries must be generated one by one."""
+        model_config = getattr(self.model, "config", None) or getattr(getattr(self.model, "pretrained_model", None), "config", None)
+        if model_config is None or getattr(model_config, "is_encoder_decoder", False):
+            return None
+        if _PER_QUERY_OPTIONS & set(generation_kwargs):
+            return None
+        model_gen = getattr(self.model, "generation_config", None) or getattr(
+            getattr(self.model, "pretrained_model", None), "generation_config", None
+        )
+        sources = [generation_kwargs, *(vars(c) for c in (self.gen_config, model_gen) if c is not None)]
+        for config in (self.gen_config, model_gen):
+            if config is not None and (getattr(config, "stop_strings", None) or getattr(config, "max_time", None)
+                                       or (getattr(config, "num_return_sequences", 1) or 1) > 1
+                                       or (getattr(config, "num_beams", 1) or 1) > 1):
+                return None
+        if model_gen is None:
+            return None  # unknown model: which EOS it stops at is not known here
+
+        def first(name):
+            return next((src[name] for src in sources if src.get(name) is not None), None)
+
+        eos = first("eos_token_id")
+        eos_ids = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])} if eos is not None else set()
+        pad = first("pad_token_id")
+        if pad is None:  # generate pads finished rows with the (first) EOS then
+            pad = (eos[0] if isinstance(eos, (list, tuple)) else eos) if eos is not None else None
+        return None if pad is None else (int(pad), eos_ids)
+
+    def _merged_with_config(self, kwargs: dict) -> dict:
+        if self.gen_config is None:
+            return kwargs
+        # Merge here rather than passing both: per-call options override the config's defaults,
+        # and transformers deprecates receiving a generation_config together with loose options.
+        config = copy.deepcopy(self.gen_config)
+        kwargs = config.update(**kwargs)  # returns the options that are not generation settings
+        kwargs["generation_config"] = config
+        return kwargs
+
+    def _select(self, texts: list[str]) -> list[str]:
+        """Score one query's texts with one scorer call; the ``n_candidates`` best, best first."""
+        scores = self._checked_scores(self.queries_to_scores(texts), len(texts))
+        order = torch.sort(scores, descending=True, stable=True).indices[: self.n_candidates]  # ties: earlier sample wins
+        return [texts[i] for i in order.tolist()]
 
     def _best_of_one(self, query: Tensor, skip_special_tokens: bool, device, generation_kwargs: dict) -> list[str]:
         """Sample ``sample_size`` continuations of one query (one batch), score them, keep the best."""
@@ -143,20 +264,12 @@ class BestOfNSampler:
         kwargs = dict(generation_kwargs)
         kwargs.setdefault("max_new_tokens", int(self.length_sampler()))
         kwargs.setdefault("attention_mask", torch.ones_like(input_ids))  # queries are unpadded
-        if self.gen_config is not None:
-            # Merge here rather than passing both: per-call options override the config's defaults,
-            # and transformers deprecates receiving a generation_config together with loose options.
-            config = copy.deepcopy(self.gen_config)
-            kwargs = config.update(**kwargs)  # returns the options that are not generation settings
-            kwargs["generation_config"] = config
+        kwargs = self._merged_with_config(kwargs)
         # 2. generate: (sample_size, T_query + T_new) for causal models
         with torch.no_grad():
             output = self.model.generate(input_ids=input_ids, **kwargs)
-        texts = self.tokenizer.batch_decode(output, skip_special_tokens=skip_special_tokens)
         # 3. score the whole batch with one call, then keep the top n_candidates
-        scores = self._checked_scores(self.queries_to_scores(texts), len(texts))
-        order = torch.sort(scores, descending=True, stable=True).indices[: self.n_candidates]  # ties: earlier sample wins
-        return [texts[i] for i in order.tolist()]
+        return self._select(self.tokenizer.batch_decode(output, skip_special_tokens=skip_special_tokens))
 
     def _checked_scores(self, scores: Any, expected: int) -> Tensor:
         """The scorer's output as a float tensor of shape (expected,), or a clear error."""
