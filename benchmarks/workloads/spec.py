@@ -23,6 +23,7 @@ class Workload:
     #: Model FLOPs per parameter per batch token (6 = forward + backward, 8 = that plus a reference
     #: forward), or None: counted forward by forward (generation, PPO rollouts) by the worker's hook.
     flops_per_param_token: int | None = 6
+    models: int = 1  # fixture models the implementation takes (loaded before memory is measured)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,7 +72,7 @@ WORKLOADS = {
         Workload("sft_packed", "SFT, texts packed into 256-token sequences, batch 4", "trl-latest", 4, 2, 8),
         Workload("reward", "reward model (1-logit head), 8 preference pairs per step", "trl-latest", 8, 2, 10, model_kind="seqcls"),
         Workload("dpo", "DPO sigmoid, frozen reference copy, 8 pairs per step", "trl-latest", 8, 2, 10, max_length=DPO_MAX_LENGTH,
-                 flops_per_param_token=8),
+                 flops_per_param_token=8, models=2),
         Workload(
             "ppo", f"PPO generate + step: {PPO_PROMPTS} prompts, {PPO_NEW_TOKENS} new tokens, mini-batch {PPO_MINI_BATCH}, "
             f"{PPO_EPOCHS} epochs, value head, reference copy", "trl-0.11.4", PPO_PROMPTS, 1, 4, flops_per_param_token=None,
