@@ -307,12 +307,13 @@ def _write_outputs(run, cfg, summary, before, after, bon, history, log) -> None:
         f"held-out pair accuracy **{rm['pair_accuracy']:.1%}** (VADER {rm['vader_pair_accuracy']:.1%}); "
         f"snippet fresh/rotten accuracy **{rm['label_accuracy']:.1%}** (VADER {rm['vader_label_accuracy']:.1%})."
     )
-    timing = {k: f"{v:.0f} s" for k, v in summary["seconds"].items()}
+    timing = [{"stage": k, "seconds": f"{v:.0f}"} for k, v in summary["seconds"].items()]
+    timing += [{"stage": f"PPO: {k}", "seconds": f"{v:.0f}"} for k, v in summary["ppo_phase_seconds"].items()]
     sections = [
         Section("Result", text, table=table),
         Section("Training curves", "", images=images),
         Section("Held-out samples, before and after", "", table=rows[:12]),
-        Section("Where the time went", "", table=[timing, {k: f"{v:.0f} s" for k, v in summary["ppo_phase_seconds"].items()}]),
+        Section("Where the time went", "", table=timing),
     ]
     write_report(run, f"rlft demo: positive movie reviews ({label})", sections)
     run.write_model_card(
