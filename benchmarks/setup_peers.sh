@@ -34,8 +34,8 @@ make_peer() {  # name, then pip requirements
 
 want="${1:-all}"
 if [ "$want" = all ] || [ "$want" = trl-0.11.4 ]; then
-  make_peer trl-0.11.4 "trl==0.11.4" "transformers==4.46.3" "accelerate<1.2" "datasets<3.2" "tokenizers<0.21" "rich" "tyro" "psutil"
+  make_peer trl-0.11.4 "trl==0.11.4" "transformers==4.46.3" "accelerate<1.2" "datasets<3.2" "tokenizers<0.21" "rich" "tyro" "psutil" "peft==0.13.2"
 fi
 if [ "$want" = all ] || [ "$want" = trl-latest ]; then
-  make_peer trl-latest "trl" "transformers==$rlft_tf" "psutil"
+  make_peer trl-latest "trl" "transformers==$rlft_tf" "psutil" "peft"
 fi

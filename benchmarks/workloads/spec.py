@@ -35,6 +35,10 @@ PPO_PROMPTS = 16
 PPO_NEW_TOKENS = 32
 PPO_MINI_BATCH = 4
 PPO_EPOCHS = 4
+PPO_SHARED_LAYERS = 2
+LORA_R = 16
+#: LoRA on every matmul of the GPT-2 blocks.
+LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 # best-of-n
 BON_QUERIES = 16
 BON_SAMPLE_SIZE = 4
@@ -76,6 +80,14 @@ WORKLOADS = {
         Workload(
             "ppo", f"PPO generate + step: {PPO_PROMPTS} prompts, {PPO_NEW_TOKENS} new tokens, mini-batch {PPO_MINI_BATCH}, "
             f"{PPO_EPOCHS} epochs, value head, reference copy", "trl-0.11.4", PPO_PROMPTS, 1, 4, flops_per_param_token=None,
+        ),
+        Workload(
+            "ppo_shared_ref", f"as ppo, reference sharing the first {PPO_SHARED_LAYERS} of 4 blocks (num_shared_layers)",
+            "trl-0.11.4", PPO_PROMPTS, 1, 3, flops_per_param_token=None,
+        ),
+        Workload(
+            "ppo_peft_ref", f"as ppo, LoRA policy (r={LORA_R}, attention and MLP), reference = adapter disabled",
+            "trl-0.11.4", PPO_PROMPTS, 1, 3, flops_per_param_token=None,
         ),
         Workload(
             "best_of_n", f"best-of-n: {BON_QUERIES} queries x {BON_SAMPLE_SIZE} samples x {BON_NEW_TOKENS} new tokens",

@@ -1,0 +1,61 @@
+"""The benchmark's fixtures build, and one rlft workload runs in-process for a step (nothing is timed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+from workloads import fixtures, spec, worker  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(tmp_path_factory):
+    return str(fixtures.build_all(tmp_path_factory.mktemp("bench-fixtures")))
+
+
+def test_fixtures_are_fixed_and_load(fixture_dir, tmp_path):
+    tok = fixtures.load_tokenizer(fixture_dir)
+    data = fixtures.load_data(fixture_dir)
+    assert len(data["texts"]) == fixtures.N_TEXTS and len(data["pairs"]["prompt"]) == fixtures.N_PAIRS
+    assert all(4 <= len(p) <= 12 for p in data["prompts"])
+    for arch in fixtures.ARCHS:
+        model = fixtures.load_model(fixture_dir, arch)
+        assert model.config.vocab_size == fixtures.VOCAB
+        assert 4.5e6 < sum(p.numel() for p in model.parameters()) < 6e6  # "about 5M parameters"
+    # a second build with the same seed gives the same data and weights
+    again = fixtures.build_all(tmp_path / "again")
+    assert fixtures.load_data(again) == data
+    assert tok("the value")["input_ids"] == fixtures.load_tokenizer(again)("the value")["input_ids"]
+    import torch
+
+    a = torch.load(Path(fixture_dir) / "gpt2.causal.pt", weights_only=True)
+    b = torch.load(Path(again) / "gpt2.causal.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("workload", ["dpo", "best_of_n"])
+def test_one_rlft_workload_runs_one_step(fixture_dir, workload, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        result = worker.main(["--impl", "rlft", "--workload", workload, "--fixtures", fixture_dir,
+                              "--warmup", "1", "--steps", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith(worker.RESULT_PREFIX)][-1]
+    assert json.loads(line[len(worker.RESULT_PREFIX):])["workload"] == workload
+    assert result["tokens"] > 0 and result["model_flops"] > 0 and len(result["step_s"]) == 1
+    assert result["peak_rss_delta_mib"] >= 0 and 0 <= result["foreign_cpu"] <= 1
+
+
+def test_every_workload_has_both_implementations():
+    from workloads import impl_rlft, impl_trl
+
+    assert set(spec.WORKLOADS) == set(impl_rlft.RUNNERS) == set(impl_trl.RUNNERS)
