@@ -3,10 +3,11 @@
 The naive way, ``log_softmax(logits.float()).gather(-1, labels)``, materialises a
 fp32 tensor of shape (B, T, V) and autograd keeps it alive until backward. For a
 49k vocabulary and 4 x 512 tokens that is 400 MB per forward. Here the selected
-log-probability is computed as ``logit[label] - logsumexp(logits)``, row chunk by
-row chunk, in fp32 per chunk only; the backward pass recomputes the softmax chunk
-by chunk from the saved logits and the (B, T) log-normaliser. Peak extra memory
-is one chunk of (rows x V) fp32 instead of the whole (B, T, V).
+log-probability is taken from ``log_softmax`` row chunk by row chunk, in fp32 per
+chunk only; the backward pass recomputes the softmax chunk by chunk from the
+saved logits. Peak extra memory is one chunk of (rows x V) fp32 instead of the
+whole (B, T, V). Each chunk goes through torch's fused softmax kernels: one pass
+for the forward, one (plus an in-place scale) for the backward.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _out_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _SelectedLogProbs(torch.autograd.Function):
-    """log p(label) = logits[label] - logsumexp(logits), chunked over rows.
+    """log p(label) = log_softmax(logits)[label], chunked over rows.
 
     Forward:  logits (N, V), labels (N,) -> (N,) in fp32 (fp64 for fp64 input).
     Backward: d/dlogits = g * (onehot(label) - softmax(logits)), recomputed per chunk.
@@ -43,27 +44,31 @@ class _SelectedLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, chunk_rows: int) -> Tensor:
         n, vocab = logits.shape
-        out_dtype = _out_dtype(logits.dtype)
-        lse = torch.empty(n, dtype=out_dtype, device=logits.device)
-        picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).to(out_dtype)  # (N,)
+        out = torch.empty(n, dtype=_out_dtype(logits.dtype), device=logits.device)
         for start in range(0, n, chunk_rows):
-            rows = logits[start : start + chunk_rows].to(out_dtype)  # (n_chunk, V)
-            lse[start : start + chunk_rows] = torch.logsumexp(rows, dim=-1)
-        ctx.save_for_backward(logits, labels, lse)
+            rows = logits[start : start + chunk_rows].to(out.dtype)  # (n_chunk, V)
+            picked = torch.log_softmax(rows, dim=-1).gather(-1, labels[start : start + chunk_rows, None])  # (n_chunk, 1)
+            out[start : start + chunk_rows] = picked.squeeze(-1)
+        ctx.save_for_backward(logits, labels)
         ctx.chunk_rows = chunk_rows
-        return picked - lse
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        logits, labels, lse = ctx.saved_tensors
-        grad = torch.empty_like(logits)
+        logits, labels = ctx.saved_tensors
+        work_dtype = _out_dtype(logits.dtype)
+        grad = None
         for start in range(0, logits.shape[0], ctx.chunk_rows):
             end = start + ctx.chunk_rows
-            probs = torch.exp(logits[start:end].to(lse.dtype) - lse[start:end, None])  # (n_chunk, V)
-            g = grad_out[start:end, None].to(lse.dtype)
-            chunk = -probs * g
-            chunk.scatter_add_(-1, labels[start:end, None], g)
-            grad[start:end] = chunk.to(grad.dtype)
+            g = grad_out[start:end, None].to(work_dtype)  # (n_chunk, 1)
+            chunk = torch.softmax(logits[start:end].to(work_dtype), dim=-1)  # (n_chunk, V)
+            chunk.mul_(-g)
+            chunk.scatter_add_(-1, labels[start:end, None], g)  # g * (onehot - softmax)
+            if start == 0 and end >= logits.shape[0] and chunk.dtype == logits.dtype:
+                return chunk, None, None  # one chunk: it is the whole gradient
+            if grad is None:
+                grad = torch.empty_like(logits)
+            grad[start:end] = chunk
         return grad, None, None
 
 
@@ -100,9 +105,10 @@ def entropy_from_logits(logits: Tensor, chunk_rows: int | None = None) -> Tensor
     """Entropy of ``softmax(logits)`` over the last axis.
 
     logits: (..., V). Returns (...), fp32 (fp64 for fp64 input).
-    H = logsumexp(z) - sum_v softmax(z)_v z_v, evaluated per row chunk so that the
-    fp32 softmax never exists for all rows at once. Differentiable (then the chunks
-    are kept by autograd, as any exact entropy gradient needs them).
+    H = -sum_v p_v log p_v with log p = log_softmax(z) (equal to logsumexp(z) - sum_v p_v z_v),
+    evaluated per row chunk so that the fp32 softmax never exists for all rows at once.
+    Differentiable (then the chunks are kept by autograd, as any exact entropy gradient
+    needs them).
     """
     out_dtype = _out_dtype(logits.dtype)
     lead = logits.shape[:-1]
@@ -110,10 +116,8 @@ def entropy_from_logits(logits: Tensor, chunk_rows: int | None = None) -> Tensor
     chunk = _chunk_rows(flat.shape[0], flat.shape[1], chunk_rows)
     parts = []
     for start in range(0, flat.shape[0], chunk):
-        rows = flat[start : start + chunk].to(out_dtype)  # (n_chunk, V)
-        lse = torch.logsumexp(rows, dim=-1, keepdim=True)
-        probs = torch.exp(rows - lse)
-        parts.append(lse.squeeze(-1) - (probs * rows).sum(-1))
+        logp = torch.log_softmax(flat[start : start + chunk].to(out_dtype), dim=-1)  # (n_chunk, V), one fused pass
+        parts.append(-(logp.exp() * logp).sum(-1))
     if not parts:
         return torch.zeros(lead, dtype=out_dtype, device=logits.device)
     return torch.cat(parts).reshape(lead)

@@ -663,10 +663,13 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         accepted = self._model_kwargs if model is not self.ref_model else _accepted_kwargs(model)
         if "position_ids" in accepted:
             kwargs["position_ids"] = batch.position_ids
-        if "logits_to_keep" in accepted:
-            kwargs["logits_to_keep"] = T + 1  # only the response positions reach the LM head
+        keep = _logits_to_keep(model, accepted, batch.input_ids.shape[1], T, batch.input_ids.device)
+        if keep is not None:
+            kwargs["logits_to_keep"] = keep  # only the response positions reach the LM head
         out = model(**kwargs)
-        logits = (out[0] if isinstance(out, tuple) else out.logits)[:, -(T + 1) : -1]  # (n, T, V)
+        logits = out[0] if isinstance(out, tuple) else out.logits
+        if not isinstance(keep, Tensor):
+            logits = logits[:, -(T + 1) : -1]  # (n, T, V)
         values = out[2][:, -(T + 1) : -1] if return_values and isinstance(out, tuple) else None
         return logits, values
 
@@ -1157,6 +1160,29 @@ def _length_stats(name: str, lens: Tensor) -> dict:
         f"tokens/{name}_len_std": lens.std().item() if lens.numel() > 1 else 0.0,
         f"tokens/{name}_dist": lens.numpy(),
     }
+
+
+def _logits_to_keep(model, accepted: set[str], width: int, T: int, device) -> Union[Tensor, int, None]:
+    """What to pass as ``logits_to_keep`` so that only the T action positions reach the LM head.
+
+    The indices of the positions (width - T - 1 .. width - 2) where the model takes a tensor:
+    the gathered hidden states are contiguous, so the head is one matmul even when its weight
+    is frozen (the reference, a shared trunk, a LoRA base). A count (T + 1) keeps a strided
+    view, which torch multiplies by a frozen weight as a batched matmul over one expanded copy
+    of the weight per sequence: several times slower. None when the model has no such argument.
+    """
+    if "logits_to_keep" not in accepted:
+        return None
+    inner = getattr(model, "pretrained_model", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    try:
+        annotation = str(inspect.signature(inner.forward).parameters["logits_to_keep"].annotation)
+    except (KeyError, TypeError, ValueError):
+        annotation = ""
+    if "Tensor" not in annotation:
+        return T + 1
+    return torch.arange(width - T - 1, width - 1, device=device)  # (T,) positions whose logits score the actions
 
 
 def _default_optimizer(params: list, lr: float) -> torch.optim.Optimizer:
