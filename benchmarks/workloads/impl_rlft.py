@@ -99,24 +99,26 @@ def _score(response: torch.Tensor) -> torch.Tensor:
     return torch.tensor(spec.ppo_score(response.tolist()))
 
 
-def run_ppo(ctx, num_shared_layers: int | None = None, peft: bool = False) -> None:
+def run_ppo(ctx) -> None:
     from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
+    ps = spec.ppo_settings(ctx.workload.name)
     torch.manual_seed(0)
     kwargs = {}
-    if peft:
+    if ps["lora"] is not None:
         from peft import LoraConfig
 
-        kwargs["peft_config"] = LoraConfig(r=spec.LORA_R, lora_alpha=2 * spec.LORA_R, target_modules=spec.LORA_TARGETS,
-                                           lora_dropout=0.0, fan_in_fan_out=True, task_type="CAUSAL_LM")
+        lora = ps["lora"]
+        kwargs["peft_config"] = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=lora["targets"],
+                                           lora_dropout=0.0, fan_in_fan_out=lora["fan_in_fan_out"], task_type="CAUSAL_LM")
     model = AutoModelForCausalLMWithValueHead.from_pretrained(ctx.model(), **kwargs)
-    config = PPOConfig(batch_size=spec.PPO_PROMPTS, mini_batch_size=spec.PPO_MINI_BATCH, ppo_epochs=spec.PPO_EPOCHS,
-                       learning_rate=spec.LEARNING_RATE, seed=0)
-    trainer = PPOTrainer(config, model, None, ctx.tokenizer, num_shared_layers=num_shared_layers)
-    prompts = _prompt_tensors(ctx, spec.PPO_PROMPTS)
-    gen = spec.ppo_generation_kwargs(ctx.tokenizer.eos_token_id)
+    config = PPOConfig(batch_size=ps["batch"], mini_batch_size=ps["mini_batch"], ppo_epochs=ps["epochs"],
+                       learning_rate=ps["learning_rate"], seed=0)
+    trainer = PPOTrainer(config, model, None, ctx.tokenizer, num_shared_layers=ps["num_shared_layers"])
+    prompts = _prompt_tensors(ctx, ps["batch"])
+    gen = spec.ppo_generation_kwargs(ctx.tokenizer.eos_token_id, ps["new_tokens"])
     for _ in range(ctx.workload.warmup + ctx.workload.steps):
-        responses = trainer.generate(prompts, return_prompt=False, batch_size=spec.PPO_PROMPTS, **gen)
+        responses = trainer.generate(prompts, return_prompt=False, batch_size=ps["batch"], **gen)
         scores = [_score(r) for r in responses]
         trainer.step(list(prompts), responses, scores)
         ctx.mark(tokens=sum(len(q) + len(r) for q, r in zip(prompts, responses)))
@@ -138,21 +140,14 @@ def run_best_of_n(ctx) -> None:
         ctx.mark(tokens=per_step)
 
 
-def run_ppo_shared_ref(ctx) -> None:
-    run_ppo(ctx, num_shared_layers=spec.PPO_SHARED_LAYERS)
-
-
-def run_ppo_peft_ref(ctx) -> None:
-    run_ppo(ctx, peft=True)
-
-
 RUNNERS = {
     "sft_padded": run_sft_padded,
     "sft_packed": run_sft_packed,
     "reward": run_reward,
     "dpo": run_dpo,
     "ppo": run_ppo,
-    "ppo_shared_ref": run_ppo_shared_ref,
-    "ppo_peft_ref": run_ppo_peft_ref,
+    "ppo_shared_ref": run_ppo,
+    "ppo_peft_ref": run_ppo,
+    "demo_ppo": run_ppo,
     "best_of_n": run_best_of_n,
 }

@@ -24,6 +24,7 @@ class Workload:
     #: forward), or None: counted forward by forward (generation, PPO rollouts) by the worker's hook.
     flops_per_param_token: int | None = 6
     models: int = 1  # fixture models the implementation takes (loaded before memory is measured)
+    model: str = "fixture"  # "fixture" (the tiny --arch model) or "smollm2" (the real asset)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,6 +40,12 @@ PPO_SHARED_LAYERS = 2
 LORA_R = 16
 #: LoRA on every matmul of the GPT-2 blocks.
 LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
+# The real-asset demo step: `rlft demo`'s PPO settings (rlft/demo/config.py) on SmolLM2-135M-Instruct.
+DEMO_BATCH = 32
+DEMO_MINI_BATCH = 8
+DEMO_EPOCHS = 2
+DEMO_NEW_TOKENS = 24
+DEMO_LEARNING_RATE = 3e-4
 # best-of-n
 BON_QUERIES = 16
 BON_SAMPLE_SIZE = 4
@@ -50,9 +57,24 @@ DPO_MAX_PROMPT_LENGTH = 64
 
 
 
-def ppo_generation_kwargs(eos_id: int) -> dict:
-    """Pure sampling of exactly PPO_NEW_TOKENS tokens (EOS suppressed until then)."""
-    return dict(do_sample=True, top_k=0, top_p=1.0, max_new_tokens=PPO_NEW_TOKENS, min_new_tokens=PPO_NEW_TOKENS, pad_token_id=eos_id)
+def ppo_generation_kwargs(eos_id: int, new_tokens: int = PPO_NEW_TOKENS) -> dict:
+    """Pure sampling of exactly ``new_tokens`` tokens (EOS suppressed until then)."""
+    return dict(do_sample=True, top_k=0, top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=eos_id)
+
+
+def ppo_settings(name: str) -> dict:
+    """PPO hyperparameters of a PPO workload: batch, mini_batch, epochs, new_tokens, learning_rate,
+    num_shared_layers, lora (None, or the LoRA rank, alpha and target modules)."""
+    base = dict(batch=PPO_PROMPTS, mini_batch=PPO_MINI_BATCH, epochs=PPO_EPOCHS, new_tokens=PPO_NEW_TOKENS,
+                learning_rate=LEARNING_RATE, num_shared_layers=None, lora=None)
+    if name == "ppo_shared_ref":
+        base["num_shared_layers"] = PPO_SHARED_LAYERS
+    elif name == "ppo_peft_ref":
+        base["lora"] = dict(r=LORA_R, alpha=2 * LORA_R, targets=LORA_TARGETS, fan_in_fan_out=True)
+    elif name == "demo_ppo":
+        base.update(batch=DEMO_BATCH, mini_batch=DEMO_MINI_BATCH, epochs=DEMO_EPOCHS, new_tokens=DEMO_NEW_TOKENS,
+                    learning_rate=DEMO_LEARNING_RATE, lora=dict(r=16, alpha=32, targets="all-linear", fan_in_fan_out=False))
+    return base
 
 
 def bon_generation_kwargs(eos_id: int) -> dict:
@@ -88,6 +110,11 @@ WORKLOADS = {
         Workload(
             "ppo_peft_ref", f"as ppo, LoRA policy (r={LORA_R}, attention and MLP), reference = adapter disabled",
             "trl-0.11.4", PPO_PROMPTS, 1, 3, flops_per_param_token=None,
+        ),
+        Workload(
+            "demo_ppo", f"real asset: SmolLM2-135M-Instruct, LoRA (r=16, all linear) PPO generate + step as `rlft demo`: "
+            f"{DEMO_BATCH} prompts, {DEMO_NEW_TOKENS} new tokens, mini-batch {DEMO_MINI_BATCH}, {DEMO_EPOCHS} epochs",
+            "trl-0.11.4", DEMO_BATCH, 1, 2, flops_per_param_token=None, model="smollm2",
         ),
         Workload(
             "best_of_n", f"best-of-n: {BON_QUERIES} queries x {BON_SAMPLE_SIZE} samples x {BON_NEW_TOKENS} new tokens",

@@ -74,7 +74,11 @@ class Context:
     def _load(self, kind: str):
         import torch
 
-        model = fixtures.load_model(self.root, self.arch, kind, attn="sdpa")
+        if self.workload.model == "smollm2":
+            model, self.tokenizer = fixtures.load_smollm2(attn="sdpa")
+            self.data = {"prompts": fixtures.demo_prompts(self.tokenizer)}
+        else:
+            model = fixtures.load_model(self.root, self.arch, kind, attn="sdpa")
         if self.device == "cuda":
             # Trainer workloads keep fp32 weights under bf16 autocast; the PPO and best-of-n loops
             # have no autocast, so their models run in bf16.
