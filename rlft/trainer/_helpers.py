@@ -48,3 +48,20 @@ def pad(tensors: list[Tensor], padding_value: int | float = 0, padding_side: str
             index = tuple(slice(0, n) for n in t.shape)
         out[(i,) + index] = t
     return out
+
+
+def wrap_peft(model: nn.Module, peft_config, args, owner: str) -> nn.Module:
+    """``get_peft_model(model, peft_config)`` for a plain model, with a clear error for an adapted one.
+
+    With gradient checkpointing, the (frozen) embeddings are made to output a tensor that requires
+    grad, which checkpointed blocks need. ``owner`` names the trainer in error messages.
+    """
+    try:
+        from peft import PeftModel, get_peft_model
+    except ImportError as err:  # pragma: no cover - peft is a dependency
+        raise ImportError(f"{owner}: peft_config needs the peft package (pip install peft).") from err
+    if isinstance(model, PeftModel):
+        raise ValueError(f"{owner}: the model is already a PeftModel; pass peft_config=None or the base model.")
+    if getattr(args, "gradient_checkpointing", False) and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    return get_peft_model(model, peft_config)

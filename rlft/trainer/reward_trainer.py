@@ -15,6 +15,7 @@ from ..data.dpo import pad_to_length
 from ..data.packing import last_non_pad_positions, pack_padded
 from ..data.reward import REWARD_COLUMNS, RewardDataCollatorWithPadding, compute_accuracy
 from ..functional.reward import pairwise_reward_loss
+from ._helpers import wrap_peft
 from .reward_config import RewardConfig
 
 #: Optional per-pair column: how much r_chosen should exceed r_rejected (Llama 2 reward loss).
@@ -72,7 +73,7 @@ class RewardTrainer(Trainer):
 
         # model
         if peft_config is not None:
-            model = self._wrap_peft(model, peft_config, args)
+            model = wrap_peft(model, peft_config, args, "RewardTrainer")
         if model is not None and getattr(getattr(model, "config", None), "pad_token_id", "absent") is None:
             if processing_class is not None and processing_class.pad_token_id is not None:
                 warnings.warn(
@@ -132,19 +133,6 @@ class RewardTrainer(Trainer):
                 warnings.warn("RewardTrainer: pass max_length in RewardConfig (TRL 0.7 deprecated the trainer argument).", FutureWarning, stacklevel=3)
             return max_length
         return config_length
-
-    @staticmethod
-    def _wrap_peft(model, peft_config, args):
-        try:
-            from peft import PeftModel, get_peft_model
-        except ImportError as err:  # pragma: no cover - peft is a dependency
-            raise ImportError("RewardTrainer: peft_config needs the peft package (pip install peft).") from err
-        if isinstance(model, PeftModel):
-            raise ValueError("RewardTrainer: the model is already a PeftModel; pass peft_config=None or the base model.")
-        if getattr(args, "gradient_checkpointing", False) and hasattr(model, "enable_input_require_grads"):
-            # Checkpointed blocks need an input that requires grad when the embeddings are frozen.
-            model.enable_input_require_grads()
-        return get_peft_model(model, peft_config)
 
     def _check_and_filter(self, dataset, max_length: int | None, split: str):
         if dataset is None or not hasattr(dataset, "column_names"):

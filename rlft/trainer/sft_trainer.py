@@ -22,6 +22,7 @@ from .._compat import resolve_processing_class
 from ..data.packing import pack_padded, packed_attention_is_exact
 from ..data.sft import IGNORE_INDEX, ConstantLengthDataset, DataCollatorForCausalLMKeepEOS
 from ..extras.dataset_formatting import get_formatting_func_from_dataset
+from ._helpers import wrap_peft
 
 #: max_seq_length when the user gives none (TRL 0.7.10 documents 512).
 DEFAULT_MAX_SEQ_LENGTH = 512
@@ -132,7 +133,7 @@ class SFTTrainer(Trainer):
         elif model_init_kwargs:
             raise ValueError("SFTTrainer: model_init_kwargs only apply when model is a name or path; the model is already built.")
         if peft_config is not None:
-            model = self._wrap_peft(model, peft_config, args)
+            model = wrap_peft(model, peft_config, args, "SFTTrainer")
         if model is None and model_init is None:
             raise ValueError("SFTTrainer: pass a model (object, name or path) or a model_init.")
 
@@ -233,18 +234,6 @@ class SFTTrainer(Trainer):
         return out
 
     # ----------------------------------------------------------------- setup
-
-    @staticmethod
-    def _wrap_peft(model, peft_config, args):
-        try:
-            from peft import PeftModel, get_peft_model
-        except ImportError as err:  # pragma: no cover - peft is a dependency
-            raise ImportError("SFTTrainer: peft_config needs the peft package (pip install peft).") from err
-        if isinstance(model, PeftModel):
-            raise ValueError("SFTTrainer: the model is already a PeftModel; pass peft_config=None or the base model.")
-        if getattr(args, "gradient_checkpointing", False) and hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input
-        return get_peft_model(model, peft_config)
 
     @staticmethod
     def _accepts_position_ids(model) -> bool:
