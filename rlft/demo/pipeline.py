@@ -168,7 +168,7 @@ def _run(cfg: DemoConfig, config: DemoConfig) -> dict:
     log("after training: " + _fmt_summary(after.summary()))
     model.save_pretrained(run.model_dir)
     tokenizer.save_pretrained(run.model_dir)
-    timings["total"] = log.start and time.perf_counter() - log.start
+    timings["total"] = time.perf_counter() - log.start
 
     summary = _summary(cfg, smoke, rm_report, before, after, bon, train_result, timings, stopped)
     _write_outputs(run, cfg, summary, before, after, bon, history, log)

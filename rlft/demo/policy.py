@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..core import set_seed
 from ..functional.logprobs import selected_log_probs
+from ..trainer._helpers import pad
 
 Judge = Callable[[list[str]], list[float]]
 
@@ -91,13 +92,10 @@ def sequence_logprobs(model, queries: list[list[int]], responses: list[list[int]
     totals = []
     for start in range(0, len(queries), batch_size):
         qs, rs = queries[start : start + batch_size], responses[start : start + batch_size]
-        seqs = [q + r for q, r in zip(qs, rs)]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):  # right padding: positions are 0.. for every row
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        seqs = [torch.tensor(q + r, dtype=torch.long) for q, r in zip(qs, rs)]
+        # right padding: positions are 0.. for every row
+        ids = pad(seqs, padding_value=pad_id, padding_side="right")  # (B, L)
+        mask = pad([torch.ones_like(s) for s in seqs], padding_value=0, padding_side="right")  # (B, L)
         logits = lm(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (B, L-1, V)
         lp = selected_log_probs(logits, ids[:, 1:])  # (B, L-1)
         for i, (q, r) in enumerate(zip(qs, rs)):
