@@ -298,8 +298,8 @@ def _write_outputs(run, cfg, summary, before, after, bon, history, log) -> None:
                                           for k, v in s.items() if k.endswith("_mean")}})
     rm = summary["reward_model"]
     text = (
-        f"Policy: **{label}**, trained with PPO ({'LoRA' if cfg.use_lora else 'full'}) against the "
-        f"**{'learned MiniLM reward' if cfg.reward == 'learned' else 'VADER'}** for {summary['ppo_steps']} steps. "
+        f"Policy: **{label}**, trained with PPO ({'LoRA' if cfg.use_lora else 'full'}) against "
+        f"{'the **learned MiniLM reward**' if cfg.reward == 'learned' else '**VADER**'} for {summary['ppo_steps']} steps. "
         f"Judged on {summary['heldout_prompts']} held-out prompts (films never used in training); ± is a 95% interval; "
         f"KL is KL(policy ‖ reference) in nats per review, estimated from the samples "
         f"(best-of-n: the analytic log n − (n−1)/n).\n\n"
