@@ -29,7 +29,7 @@ class DemoConfig:
     prompt_min_words: int = field(default=3, metadata={"help": "Prompts are the first min..max words of a snippet."})
     prompt_max_words: int = field(default=6, metadata={"help": "Prompts are the first min..max words of a snippet."})
     # ---- reward model
-    rm_train_pairs: Optional[int] = field(default=None, metadata={"help": "Fresh/rotten training pairs for the reward model (default 2000, quick 600)."})
+    rm_train_pairs: Optional[int] = field(default=None, metadata={"help": "Fresh/rotten training pairs for the reward model (default 2000, quick 1200)."})
     rm_epochs: float = field(default=1.0, metadata={"help": "Reward-model epochs."})
     rm_learning_rate: float = field(default=1e-4, metadata={"help": "Reward-model learning rate."})
     rm_trainable_layers: int = field(default=2, metadata={"help": "Top MiniLM layers trained (the rest stay frozen)."})

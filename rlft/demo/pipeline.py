@@ -26,7 +26,7 @@ from .config import DemoConfig
 from .data import DemoData, build_data, tiny_snippets
 
 FULL = dict(ppo_minutes=9.0, heldout_prompts=64, rm_train_pairs=2000)
-QUICK = dict(ppo_minutes=1.2, heldout_prompts=32, rm_train_pairs=600)
+QUICK = dict(ppo_minutes=1.2, heldout_prompts=32, rm_train_pairs=1200)
 TINY = dict(ppo_minutes=0.5, heldout_prompts=8, rm_train_pairs=40)
 
 
@@ -265,12 +265,22 @@ def _summary(cfg, smoke, rm_report, before, after, bon, train_result, timings, s
         "after": a,
         "best_of_n": bon["summary"],
         "gain": {k[:-5]: a[k] - b[k] for k in a if k.endswith("_mean")},
+        "gain_ci95": _paired_gain_ci(before, after),
         "reward_model": dataclasses.asdict(rm_report),
         "ppo_steps": train_result.steps,
         "ppo_phase_seconds": train_result.phase_seconds,
         "stopped_by_user": stopped,
         "seconds": timings,
     }
+
+
+def _paired_gain_ci(before, after) -> dict:
+    """95% half-widths of the per-prompt gains (after - before on the same held-out prompts)."""
+    from .policy import mean_ci
+
+    out = {name: mean_ci([a - b for a, b in zip(after.scores[name], before.scores[name])])[1] for name in after.scores}
+    out["kl"] = mean_ci([a - b for a, b in zip(after.kl, before.kl)])[1]
+    return out
 
 
 def _write_outputs(run, cfg, summary, before, after, bon, history, log) -> None:
@@ -296,6 +306,9 @@ def _write_outputs(run, cfg, summary, before, after, bon, history, log) -> None:
     for name, s in (("before PPO", summary["before"]), (f"best-of-{cfg.bon_n} (same reward)", summary["best_of_n"]), ("after PPO", summary["after"])):
         table.append({"policy": name, **{k.replace("_mean", ""): f"{v:+.3f} ± {s.get(k[:-5] + '_ci95', float('nan')):.3f}"
                                           for k, v in s.items() if k.endswith("_mean")}})
+    gain, gain_ci = summary["gain"], summary["gain_ci95"]
+    table.append({"policy": "gain (after − before, paired by prompt)",
+                  **{name: f"{gain[name]:+.3f} ± {gain_ci[name]:.3f}" for name in gain}})
     rm = summary["reward_model"]
     text = (
         f"Policy: **{label}**, trained with PPO ({'LoRA' if cfg.use_lora else 'full'}) against "

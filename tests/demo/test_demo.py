@@ -117,3 +117,24 @@ def test_real_quick_demo(tmp_path):
     summary = run_demo(DemoConfig(output_dir=str(tmp_path / "run"), quick=True, max_ppo_steps=2, heldout_prompts=8))
     assert summary["smoke_test"] is False
     assert summary["reward_model"]["pair_accuracy"] > summary["reward_model"]["vader_pair_accuracy"]
+
+
+def test_paired_gain_interval_uses_per_prompt_differences():
+    """The gain's interval comes from after - before on the same prompts, not from two independent means."""
+    import math
+
+    from rlft.demo.pipeline import _paired_gain_ci
+    from rlft.demo.policy import Evaluation
+
+    before = Evaluation(prompts=["a", "b", "c", "d"], responses=[""] * 4, scores={"vader": [0.0, 0.5, -0.5, 1.0]},
+                        kl=[0.0] * 4, seconds=0.0)
+    after = Evaluation(prompts=["a", "b", "c", "d"], responses=[""] * 4, scores={"vader": [0.2, 0.6, -0.1, 1.3]},
+                       kl=[1.0, 2.0, 3.0, 4.0], seconds=0.0)
+    out = _paired_gain_ci(before, after)
+    diffs = [0.2, 0.1, 0.4, 0.3]
+    mean = sum(diffs) / 4
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3)
+    assert out["vader"] == pytest.approx(1.96 * sd / 2)
+    # much narrower than the before / after spread itself: the prompts' own difficulty cancels
+    assert out["vader"] < 0.5
+    assert out["kl"] == pytest.approx(1.96 * math.sqrt(sum((k - 2.5) ** 2 for k in [1, 2, 3, 4]) / 3) / 2)
