@@ -188,6 +188,13 @@ def pick_column(dataset, wanted: str | None, candidates: Sequence[str], option: 
     raise CLIError(f"the dataset has none of the columns {list(candidates)} (it has {dataset.column_names}); set {option}.")
 
 
+def load_prompts(args) -> list[str]:
+    """The prompts of ppo and bon: --prompt_column of --dataset (default: query, prompt or text), the first --max_prompts."""
+    rows = load_rows(args.dataset, args.dataset_split, kind="prompt")
+    column = pick_column(rows, args.prompt_column, ("query", "prompt", "text"), "--prompt_column")
+    return [str(p) for p in rows[column]][: args.max_prompts]
+
+
 # ====================================================================== rewards
 def _vader() -> Callable[[list[str]], list[float]]:
     try:

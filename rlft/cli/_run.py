@@ -7,7 +7,7 @@ import datetime as _dt
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from .. import __version__
 from ..reporting import RunDir, TrainingProgress
@@ -34,6 +34,65 @@ class RunOptions:
     """New tokens per before/after sample generation."""
     plots: bool = True
     """Draw plots/*.png and the report (needs matplotlib; without it the report has no plots)."""
+
+
+@dataclass
+class ModelDataOptions(RunOptions):
+    """The model, its tokenizer and the dataset of a language-model command (sft, reward, dpo, ppo, bon).
+
+    A command whose model or data means something more specific redefines just that field
+    (with its own text under it); the field keeps its place in --help.
+    """
+
+    model_name_or_path: Optional[str] = None
+    """A local causal-LM folder, or tiny-<arch> (tiny-gpt2, ...) for an offline smoke run."""
+    tokenizer_name_or_path: Optional[str] = None
+    """The tokenizer folder (default: the model's)."""
+    dataset: Optional[str] = None
+    """Training data: a .json/.jsonl/.csv/.parquet file, a datasets.save_to_disk folder, or 'tiny'."""
+    dataset_split: str = "train"
+    """The split of a saved DatasetDict."""
+
+
+@dataclass
+class TrainEvalOptions(ModelDataOptions):
+    """A transformers.Trainer command's data: the training rows and the evaluation split (sft, reward, dpo)."""
+
+    eval_dataset: Optional[str] = None
+    """Evaluation data in the same formats as --dataset; default: --eval_fraction of the training data, or none."""
+    eval_fraction: float = 0.0
+    """Without --eval_dataset: hold out this fraction of the training rows (the last ones) for evaluation (0: no evaluation)."""
+    max_train_samples: Optional[int] = None
+    """Use only the first this many training rows."""
+
+
+@dataclass
+class PromptRewardOptions(ModelDataOptions):
+    """Prompts from a dataset column, a text reward, and how responses are sampled (ppo, bon)."""
+
+    dataset: Optional[str] = None
+    """Prompts: a .json/.jsonl/.csv/.parquet file, a datasets.save_to_disk folder, or 'tiny'."""
+    prompt_column: Optional[str] = None
+    """The column holding the prompts (default: the first of query, prompt, text)."""
+    max_prompts: Optional[int] = None
+    """Use only the first this many prompts."""
+    reward: Optional[str] = None
+    """The reward: 'vader', 'length' (toy), a sequence-classifier folder, or module:function taking a list of texts."""
+    reward_label: Optional[str] = None
+    """For a reward model with several labels: the rewarded label (name or index)."""
+    reward_batch_size: int = 16
+    """Texts per forward pass of a reward model."""
+    min_new_tokens: Optional[int] = None
+    """With max_new_tokens: draw the number of new tokens at random in [min, max] (default: always max)."""
+    max_new_tokens: int = 32
+    """New tokens per generated response."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+
+    def check_new_tokens(self) -> None:
+        """CLIError unless --min_new_tokens (when given) lies in [1, --max_new_tokens]."""
+        if self.min_new_tokens is not None and not 0 < self.min_new_tokens <= self.max_new_tokens:
+            raise CLIError(f"--min_new_tokens ({self.min_new_tokens}) must lie in [1, --max_new_tokens ({self.max_new_tokens})].")
 
 
 def open_run(output_dir: str, options: RunOptions, command: str, config: dict) -> RunDir:
@@ -234,6 +293,42 @@ def mean_of(records: list[dict], key: str, first: bool, fraction: float = 0.2) -
 
 def fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def done_line(what: str, done: int, total: int, interrupted: bool) -> str:
+    """The summary bullet ``- <what>: <done> of <total>``, marked when Ctrl-C stopped the run early."""
+    return f"- {what}: {done} of {total}" + (" (stopped early with Ctrl-C)" if interrupted else "")
+
+
+def trend(records: list[dict], key: str, fraction: float = 0.2) -> str:
+    """``<mean over the first rows> -> <mean over the last rows>`` of ``key`` (``fraction`` as in `mean_of`)."""
+    return f"{fmt(mean_of(records, key, True, fraction))} -> {fmt(mean_of(records, key, False, fraction))}"
+
+
+def trainer_summary(
+    headline: str, trainer, records: list[dict], interrupted: bool, metrics: Sequence[str], args: Any, names: Sequence[str]
+) -> str:
+    """The report summary of a transformers.Trainer command (sft, reward, dpo).
+
+    ``headline``, then the optimizer steps done and the training-loss trend, the command's own
+    ``metrics`` bullets, and the ``names`` fields of its training arguments ``args``.
+    """
+    return "\n".join([
+        headline,
+        "",
+        done_line("optimizer steps", trainer.state.global_step, trainer.state.max_steps, interrupted),
+        f"- training loss, first -> last logged steps: {trend(records, 'loss')}",
+        *metrics,
+        "",
+        config_table(args, names),
+    ])
+
+
+def run_result(run: RunDir, interrupted: bool, written: dict, **counts: Any) -> dict:
+    """What a command's ``run()`` returns: the run directory, ``counts`` (steps done, ...), whether Ctrl-C
+    stopped it, the exit status (EXIT_INTERRUPTED then) and the paths `finish_run` wrote."""
+    return {"run_dir": str(run.path), **counts, "interrupted": interrupted,
+            "exit_code": EXIT_INTERRUPTED if interrupted else 0, **written}
 
 
 def config_table(config: Any, names: Sequence[str]) -> str:

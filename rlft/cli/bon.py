@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ._args import CLIError, merged_config, options_from_signature
-from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, finish_run, fmt, mean_of, open_run, progress
+from ._run import Finish, Plot, PromptRewardOptions, done_line, finish_run, fmt, mean_of, open_run, progress, run_result
 
 DESCRIPTION = "Best-of-n sampling (BestOfNSampler): keep the best-scored of n generations per prompt."
 
@@ -26,35 +26,11 @@ TINY_PRESET = dict(model_name_or_path="tiny-gpt2", dataset="tiny", reward="lengt
 
 
 @dataclass
-class BoNScriptArguments(RunOptions):
+class BoNScriptArguments(PromptRewardOptions):
     """Where the model, prompts and scorer come from, and how candidates are generated."""
 
     output_dir: Optional[str] = None
     """The run directory (default: runs/bon-<date>-<time>)."""
-    model_name_or_path: Optional[str] = None
-    """A local causal-LM folder, or tiny-<arch> (tiny-gpt2, ...) for an offline smoke run."""
-    tokenizer_name_or_path: Optional[str] = None
-    """The tokenizer folder (default: the model's)."""
-    dataset: Optional[str] = None
-    """Prompts: a .json/.jsonl/.csv/.parquet file, a datasets.save_to_disk folder, or 'tiny'."""
-    dataset_split: str = "train"
-    """The split of a saved DatasetDict."""
-    prompt_column: Optional[str] = None
-    """The column holding the prompts (default: the first of query, prompt, text)."""
-    max_prompts: Optional[int] = None
-    """Use only the first this many prompts."""
-    reward: Optional[str] = None
-    """The scorer: 'vader', 'length' (toy), a sequence-classifier folder, or module:function taking a list of texts."""
-    reward_label: Optional[str] = None
-    """For a reward model with several labels: the rewarded label (name or index)."""
-    reward_batch_size: int = 16
-    """Texts per forward pass of a reward model."""
-    min_new_tokens: Optional[int] = None
-    """With max_new_tokens: draw each prompt's continuation length in [min, max] (default: always max)."""
-    max_new_tokens: int = 32
-    """New tokens per candidate."""
-    temperature: float = 1.0
-    """Sampling temperature."""
 
 
 @functools.cache
@@ -78,16 +54,13 @@ def run(args: BoNScriptArguments, options) -> dict:
     from ..reporting import graceful_interrupt
     from . import _load
 
-    if args.min_new_tokens is not None and not 0 < args.min_new_tokens <= args.max_new_tokens:
-        raise CLIError(f"--min_new_tokens ({args.min_new_tokens}) must lie in [1, --max_new_tokens ({args.max_new_tokens})].")
+    args.check_new_tokens()
     model_path = _load.model_folder(args.model_name_or_path)
     if _load.is_encoder_decoder(model_path):
         raise CLIError("rlft bon samples continuations of causal language models; the model in "
                        f"{model_path} is an encoder-decoder.")
     tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path)
-    rows = _load.load_rows(args.dataset, args.dataset_split, kind="prompt")
-    column = _load.pick_column(rows, args.prompt_column, ("query", "prompt", "text"), "--prompt_column")
-    prompts = [str(p) for p in rows[column]][: args.max_prompts]
+    prompts = _load.load_prompts(args)
     reward_fn, reward_what = _load.load_text_reward(args.reward, args.reward_batch_size, args.reward_label)
 
     run_dir = open_run(args.output_dir, args, "bon", merged_config(args, options))
@@ -132,7 +105,7 @@ def run(args: BoNScriptArguments, options) -> dict:
         f"Best-of-{options.sample_size} sampling from `{args.model_name_or_path}` on prompts from `{args.dataset}`, "
         f"scored by {reward_what}.",
         "",
-        f"- prompts done: {finished} of {len(prompts)}" + (" (stopped early with Ctrl-C)" if interrupted else ""),
+        done_line("prompts done", finished, len(prompts), interrupted),
         f"- mean score of one sample: {fmt(mean_of(records, 'score/first', True, 1.0))}; of the best of {options.sample_size}: "
         f"{fmt(mean_of(records, 'score/best', True, 1.0))}",
         "",
@@ -144,5 +117,4 @@ def run(args: BoNScriptArguments, options) -> dict:
         command="bon", title=f"Best-of-{options.sample_size}: {args.model_name_or_path}", summary=summary, plots=PLOTS,
         samples_table=table, samples_heading="One sample against the best of n",
     ), draw_plots=args.plots)
-    return {"run_dir": str(run_dir.path), "prompts": finished, "interrupted": interrupted,
-            "exit_code": EXIT_INTERRUPTED if interrupted else 0, **written}
+    return run_result(run_dir, interrupted, written, prompts=finished)

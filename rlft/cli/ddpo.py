@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ._args import CLIError, merged_config
-from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, config_table, finish_run, fmt, mean_of, open_run, progress
+from ._run import Finish, Plot, RunOptions, config_table, done_line, finish_run, open_run, progress, run_result, trend
 
 DESCRIPTION = "DDPO (DDPOTrainer) for a Stable Diffusion pipeline, with a built-in or Python image reward."
 
@@ -151,9 +151,8 @@ def run(args: DDPOScriptArguments, config) -> dict:
         f"DDPO of `{args.model_name_or_path}` ({'LoRA' if args.use_lora else 'full UNet'}) with reward `{args.reward}` on "
         f"{len(prompts)} prompt(s).",
         "",
-        f"- epochs done: {epoch} of {config.num_epochs}" + (" (stopped early with Ctrl-C)" if interrupted else ""),
-        f"- mean reward of the samples, first -> last epochs: {fmt(mean_of(records, 'reward', True))} -> "
-        f"{fmt(mean_of(records, 'reward', False))}",
+        done_line("epochs done", epoch, config.num_epochs, interrupted),
+        f"- mean reward of the samples, first -> last epochs: {trend(records, 'reward')}",
         "",
         config_table(config, ["sample_num_steps", "sample_batch_size", "sample_num_batches_per_epoch", "train_learning_rate",
                               "train_clip_range", "seed"]),
@@ -164,8 +163,7 @@ def run(args: DDPOScriptArguments, config) -> dict:
         samples_heading="Samples before (top row) and after (bottom row) training, same noise", images=[grid] if grid else [],
         tags=["diffusers", "text-to-image"],
     ), draw_plots=args.plots)
-    return {"run_dir": str(run_dir.path), "epochs": epoch, "interrupted": interrupted,
-            "exit_code": EXIT_INTERRUPTED if interrupted else 0, "model_dir": str(run_dir.model_dir), **written}
+    return run_result(run_dir, interrupted, written, epochs=epoch, model_dir=str(run_dir.model_dir))
 
 
 def _prompts(args) -> list[str]:

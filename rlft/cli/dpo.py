@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from ._args import merged_config, options_from_signature
-from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, config_table, finish_run, fmt, mean_of, open_run, train_hf
+from ._run import Finish, Plot, TrainEvalOptions, finish_run, open_run, run_result, train_hf, trainer_summary, trend
 
 DESCRIPTION = "Direct preference optimisation (DPOTrainer) of a language model on prompt/chosen/rejected triples."
 
@@ -30,25 +30,15 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class DPOScriptArguments(RunOptions):
+class DPOScriptArguments(TrainEvalOptions):
     """Where the model, the reference and the preference data come from (the run directory is --output_dir)."""
 
     model_name_or_path: Optional[str] = None
     """A local model folder (causal or encoder-decoder), or tiny-<arch> for an offline smoke run."""
-    ref_model_name_or_path: Optional[str] = None
-    """The frozen reference model's folder (default: a frozen copy of the model)."""
-    tokenizer_name_or_path: Optional[str] = None
-    """The tokenizer folder (default: the model's)."""
     dataset: Optional[str] = None
     """Triples with prompt, chosen and rejected columns: a .json/.jsonl/.csv/.parquet file, a save_to_disk folder, or 'tiny'."""
-    dataset_split: str = "train"
-    """The split of a saved DatasetDict."""
-    eval_dataset: Optional[str] = None
-    """Evaluation triples (same formats); default: --eval_fraction of the training triples, or none."""
-    eval_fraction: float = 0.0
-    """Without --eval_dataset: hold out this fraction of the triples for evaluation."""
-    max_train_samples: Optional[int] = None
-    """Use only the first this many triples."""
+    ref_model_name_or_path: Optional[str] = None
+    """The frozen reference model's folder (default: a frozen copy of the model)."""
 
 
 @functools.cache
@@ -95,19 +85,13 @@ def run(args: DPOScriptArguments, options, training_args) -> dict:
     interrupted = train_hf(trainer, run_dir, args, "dpo", BAR_KEYS)
     after = _data.lm_samples(run_dir, "after", trainer.model, tokenizer, prompts, args, training_args.seed)
     records = run_dir.read_metrics()
-    summary = "\n".join([
+    summary = trainer_summary(
         f"DPO (loss `{options.loss_type}`, beta {options.beta}) of `{args.model_name_or_path}` on the triples of `{args.dataset}`.",
-        "",
-        f"- optimizer steps: {trainer.state.global_step} of {trainer.state.max_steps}" + (" (stopped early with Ctrl-C)" if interrupted else ""),
-        f"- training loss, first -> last logged steps: {fmt(mean_of(records, 'loss', True))} -> {fmt(mean_of(records, 'loss', False))}",
-        f"- reward margin (chosen - rejected), first -> last: {fmt(mean_of(records, 'rewards/margins', True))} -> "
-        f"{fmt(mean_of(records, 'rewards/margins', False))}",
-        "",
-        config_table(training_args, ["learning_rate", "per_device_train_batch_size", "max_steps", "num_train_epochs", "seed"]),
-    ])
+        trainer, records, interrupted, [f"- reward margin (chosen - rejected), first -> last: {trend(records, 'rewards/margins')}"],
+        training_args, ["learning_rate", "per_device_train_batch_size", "max_steps", "num_train_epochs", "seed"],
+    )
     written = finish_run(run_dir, Finish(
         command="dpo", title=f"DPO: {args.model_name_or_path}", summary=summary, plots=PLOTS,
         samples_table=_data.before_after(before, after), tags=["dpo"],
     ), draw_plots=args.plots)
-    return {"run_dir": str(run_dir.path), "steps": trainer.state.global_step, "interrupted": interrupted,
-            "exit_code": EXIT_INTERRUPTED if interrupted else 0, "model_dir": str(run_dir.model_dir), **written}
+    return run_result(run_dir, interrupted, written, steps=trainer.state.global_step, model_dir=str(run_dir.model_dir))

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from ._args import CLIError, merged_config
-from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, config_table, finish_run, fmt, mean_of, open_run, progress
+from ._run import (
+    Finish, Plot, PromptRewardOptions, config_table, done_line, finish_run, fmt, mean_of, open_run, progress, run_result, trend,
+)
 
 DESCRIPTION = "Fine-tune a causal (or seq2seq) language model with PPO against a reward."
 
@@ -35,41 +37,21 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class PPOScriptArguments(RunOptions):
+class PPOScriptArguments(PromptRewardOptions):
     """Where the model, prompts and reward come from, how responses are generated, and where the run goes."""
 
     output_dir: Optional[str] = None
     """The run directory (default: runs/ppo-<date>-<time>)."""
     model_name_or_path: Optional[str] = None
     """The policy: a local model folder, or tiny-<arch> (tiny-gpt2, ...) for an offline smoke run."""
-    tokenizer_name_or_path: Optional[str] = None
-    """The tokenizer folder (default: the model's)."""
-    dataset: Optional[str] = None
-    """Prompts: a .json/.jsonl/.csv/.parquet file, a datasets.save_to_disk folder, or 'tiny'."""
-    dataset_split: str = "train"
-    """The split of a saved DatasetDict."""
-    prompt_column: Optional[str] = None
-    """The column holding the prompts (default: the first of query, prompt, text)."""
-    max_prompts: Optional[int] = None
-    """Use only the first this many prompts."""
+    temperature: float = 1.0
+    """Sampling temperature (1.0 keeps PPO's KL estimate unbiased)."""
     prompt_min_tokens: Optional[int] = None
     """With prompt_max_tokens: cut each prompt to a random length in [min, max] tokens (as TRL's sentiment example)."""
     prompt_max_tokens: Optional[int] = None
     """Cut prompts to at most this many tokens."""
-    reward: Optional[str] = None
-    """The reward: 'vader', 'length' (toy), a sequence-classifier folder, or module:function taking a list of texts."""
-    reward_label: Optional[str] = None
-    """For a reward model with several labels: the rewarded label (name or index)."""
     reward_text: Literal["full", "response"] = "full"
     """What the reward sees: prompt + response ('full') or the response alone."""
-    reward_batch_size: int = 16
-    """Texts per forward pass of a reward model."""
-    min_new_tokens: Optional[int] = None
-    """With max_new_tokens: draw each batch's response length in [min, max] (default: always max)."""
-    max_new_tokens: int = 32
-    """New tokens per response."""
-    temperature: float = 1.0
-    """Sampling temperature (1.0 keeps PPO's KL estimate unbiased)."""
     generation_batch_size: int = 16
     """Prompts per generate call."""
     num_shared_layers: Optional[int] = None
@@ -100,9 +82,7 @@ def run(args: PPOScriptArguments, config) -> dict:
     # -- inputs: model, tokenizer, prompts, reward
     model_path = _load.model_folder(args.model_name_or_path)
     tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path)
-    rows = _load.load_rows(args.dataset, args.dataset_split, kind="prompt")
-    column = _load.pick_column(rows, args.prompt_column, ("query", "prompt", "text"), "--prompt_column")
-    prompts = [str(p) for p in rows[column]][: args.max_prompts]
+    prompts = _load.load_prompts(args)
     if len(prompts) < config.batch_size:
         raise CLIError(f"{len(prompts)} prompts but --batch_size {config.batch_size}; lower batch_size or add prompts.")
     queries = _tokenize_prompts(prompts, tokenizer, args, config.seed)
@@ -183,14 +163,12 @@ def run(args: PPOScriptArguments, config) -> dict:
     if interrupted:
         print(f"rlft ppo: stopped at step {trainer.current_step} of {config.steps}; saved to {run_dir.path}. "
               f"Continue with: rlft ppo --output_dir {run_dir.path} --resume")
-    return {"run_dir": str(run_dir.path), "steps": trainer.current_step, "interrupted": interrupted,
-            "exit_code": EXIT_INTERRUPTED if interrupted else 0, **written}
+    return run_result(run_dir, interrupted, written, steps=trainer.current_step)
 
 
 # ---------------------------------------------------------------------- helpers
 def _check(args: PPOScriptArguments) -> None:
-    if args.min_new_tokens is not None and not 0 < args.min_new_tokens <= args.max_new_tokens:
-        raise CLIError(f"--min_new_tokens ({args.min_new_tokens}) must lie in [1, --max_new_tokens ({args.max_new_tokens})].")
+    args.check_new_tokens()
     if args.prompt_min_tokens is not None and (args.prompt_max_tokens is None or not 0 < args.prompt_min_tokens <= args.prompt_max_tokens):
         raise CLIError("--prompt_min_tokens needs --prompt_max_tokens and must lie in [1, prompt_max_tokens].")
     if args.save_steps < 0:
@@ -253,9 +231,8 @@ def _summary(args, config, steps, records, reward_what, interrupted) -> str:
     lines = [
         f"PPO fine-tuning of `{args.model_name_or_path}` on prompts from `{args.dataset}` with reward {reward_what}.",
         "",
-        f"- steps done: {steps} of {config.steps}" + (" (stopped early with Ctrl-C)" if interrupted else ""),
-        f"- mean reward, first steps -> last steps: {fmt(mean_of(records, 'env/reward_mean', True))} -> "
-        f"{fmt(mean_of(records, 'env/reward_mean', False))}",
+        done_line("steps done", steps, config.steps, interrupted),
+        f"- mean reward, first steps -> last steps: {trend(records, 'env/reward_mean')}",
         f"- KL to the reference at the end: {fmt(mean_of(records, 'objective/kl', False))} nats",
         "",
         config_table(config, ["batch_size", "mini_batch_size", "ppo_epochs", "learning_rate", "init_kl_coef", "adap_kl_ctrl", "target", "seed"]),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ._args import merged_config
-from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, config_table, finish_run, fmt, mean_of, open_run, train_hf
+from ._run import Finish, Plot, TrainEvalOptions, finish_run, open_run, run_result, train_hf, trainer_summary, trend
 
 DESCRIPTION = "Train a reward model (RewardTrainer) on pairs of chosen and rejected texts."
 
@@ -24,23 +24,13 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class RewardScriptArguments(RunOptions):
+class RewardScriptArguments(TrainEvalOptions):
     """Where the model and the preference pairs come from (the run directory is --output_dir)."""
 
     model_name_or_path: Optional[str] = None
     """A local model folder (loaded as a one-logit sequence classifier), or tiny-<arch> for a smoke run."""
-    tokenizer_name_or_path: Optional[str] = None
-    """The tokenizer folder (default: the model's)."""
     dataset: Optional[str] = None
     """Preference pairs: a .json/.jsonl/.csv/.parquet file, a datasets.save_to_disk folder, or 'tiny'."""
-    dataset_split: str = "train"
-    """The split of a saved DatasetDict."""
-    eval_dataset: Optional[str] = None
-    """Evaluation pairs (same formats); default: --eval_fraction of the training pairs."""
-    eval_fraction: float = 0.0
-    """Without --eval_dataset: hold out this fraction of the pairs to measure accuracy (0: no evaluation)."""
-    max_train_samples: Optional[int] = None
-    """Use only the first this many pairs."""
     chosen_column: str = "chosen"
     """The column with the preferred text."""
     rejected_column: str = "rejected"
@@ -87,16 +77,11 @@ def run(args: RewardScriptArguments, config) -> dict:
     interrupted = train_hf(trainer, run_dir, args, "reward", BAR_KEYS)
     after = _pair_scores(run_dir, "after", trainer.model, tokenizer, sample_pairs, args)
     records = run_dir.read_metrics()
-    summary = "\n".join([
+    summary = trainer_summary(
         f"Reward model trained from `{args.model_name_or_path}` on the pairs of `{args.dataset}`.",
-        "",
-        f"- optimizer steps: {trainer.state.global_step} of {trainer.state.max_steps}" + (" (stopped early with Ctrl-C)" if interrupted else ""),
-        f"- training loss, first -> last logged steps: {fmt(mean_of(records, 'loss', True))} -> {fmt(mean_of(records, 'loss', False))}",
-        f"- pairwise accuracy on the eval pairs, first -> last evaluation: {fmt(mean_of(records, 'eval_accuracy', True, 0))} -> "
-        f"{fmt(mean_of(records, 'eval_accuracy', False, 0))}",
-        "",
-        config_table(config, ["learning_rate", "per_device_train_batch_size", "max_steps", "num_train_epochs", "max_length", "seed"]),
-    ])
+        trainer, records, interrupted, [f"- pairwise accuracy on the eval pairs, first -> last evaluation: {trend(records, 'eval_accuracy', 0)}"],
+        config, ["learning_rate", "per_device_train_batch_size", "max_steps", "num_train_epochs", "max_length", "seed"],
+    )
     table = [{"chosen": a["chosen"], "rejected": a["rejected"], "margin before": b["score_chosen"] - b["score_rejected"],
               "margin after": a["score_chosen"] - a["score_rejected"]} for b, a in zip(before, after)]
     written = finish_run(run_dir, Finish(
@@ -104,8 +89,7 @@ def run(args: RewardScriptArguments, config) -> dict:
         samples_table=table, samples_heading="Reward margins (chosen - rejected) before and after training",
         card_body=summary + "\n\nUse it as a PPO reward: `rlft ppo --reward <this run>/model`.",
     ), draw_plots=args.plots)
-    return {"run_dir": str(run_dir.path), "steps": trainer.state.global_step, "interrupted": interrupted,
-            "exit_code": EXIT_INTERRUPTED if interrupted else 0, "model_dir": str(run_dir.model_dir), **written}
+    return run_result(run_dir, interrupted, written, steps=trainer.state.global_step, model_dir=str(run_dir.model_dir))
 
 
 def _texts(args, row) -> tuple[str, str]:

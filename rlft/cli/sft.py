@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 from ._args import merged_config, options_from_signature
-from ._run import EXIT_INTERRUPTED, Finish, Plot, RunOptions, config_table, finish_run, fmt, mean_of, open_run, train_hf
+from ._run import Finish, Plot, TrainEvalOptions, finish_run, fmt, mean_of, open_run, run_result, train_hf, trainer_summary
 
 DESCRIPTION = "Supervised fine-tuning (SFTTrainer) of a causal language model on a text dataset."
 
@@ -26,23 +25,9 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class SFTScriptArguments(RunOptions):
+class SFTScriptArguments(TrainEvalOptions):
     """Where the model and the data come from (the run directory is --output_dir)."""
 
-    model_name_or_path: Optional[str] = None
-    """A local causal-LM folder, or tiny-<arch> (tiny-gpt2, ...) for an offline smoke run."""
-    tokenizer_name_or_path: Optional[str] = None
-    """The tokenizer folder (default: the model's)."""
-    dataset: Optional[str] = None
-    """Training texts: a .json/.jsonl/.csv/.parquet file, a datasets.save_to_disk folder, or 'tiny'."""
-    dataset_split: str = "train"
-    """The split of a saved DatasetDict."""
-    eval_dataset: Optional[str] = None
-    """Evaluation texts (same formats); default: --eval_fraction of the training data, or none."""
-    eval_fraction: float = 0.0
-    """Without --eval_dataset: hold out this fraction of the training data for evaluation."""
-    max_train_samples: Optional[int] = None
-    """Use only the first this many training examples."""
     sample_prompt_tokens: int = 8
     """Before/after samples continue the first this many tokens of the first --num_samples texts."""
 
@@ -89,18 +74,13 @@ def run(args: SFTScriptArguments, options, training_args) -> dict:
     interrupted = train_hf(trainer, run_dir, args, "sft", BAR_KEYS, count_tokens=True)
     after = _data.lm_samples(run_dir, "after", trainer.model, tokenizer, prompts, args, training_args.seed)
     records = run_dir.read_metrics()
-    summary = "\n".join([
+    summary = trainer_summary(
         f"Supervised fine-tuning of `{args.model_name_or_path}` on the `{text_field}` column of `{args.dataset}`.",
-        "",
-        f"- optimizer steps: {trainer.state.global_step} of {trainer.state.max_steps}" + (" (stopped early with Ctrl-C)" if interrupted else ""),
-        f"- training loss, first -> last logged steps: {fmt(mean_of(records, 'loss', True))} -> {fmt(mean_of(records, 'loss', False))}",
-        f"- evaluation loss at the end: {fmt(mean_of(records, 'eval_loss', False, fraction=0))}",
-        "",
-        config_table(training_args, ["learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps", "seed"]),
-    ])
+        trainer, records, interrupted, [f"- evaluation loss at the end: {fmt(mean_of(records, 'eval_loss', False, fraction=0))}"],
+        training_args, ["learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps", "seed"],
+    )
     written = finish_run(run_dir, Finish(
         command="sft", title=f"SFT: {args.model_name_or_path}", summary=summary, plots=PLOTS,
         samples_table=_data.before_after(before, after),
     ), draw_plots=args.plots)
-    return {"run_dir": str(run_dir.path), "steps": trainer.state.global_step, "interrupted": interrupted,
-            "exit_code": EXIT_INTERRUPTED if interrupted else 0, "model_dir": str(run_dir.model_dir), **written}
+    return run_result(run_dir, interrupted, written, steps=trainer.state.global_step, model_dir=str(run_dir.model_dir))
