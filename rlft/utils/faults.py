@@ -119,12 +119,30 @@ def nonfinite_names(named: dict[str, Optional[torch.Tensor]], mask: Optional[tor
     return bad
 
 
+#: Gradient dtypes whose norms are accumulated in float32: their squares overflow (fp16) or lose digits.
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 def grad_norm(parameters: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Total 2-norm of the gradients of ``parameters`` (NaN or inf when any gradient is)."""
-    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters if p.grad is not None]
-    if not norms:
+    """Total 2-norm of the gradients of ``parameters`` (NaN or inf when any gradient is), float32.
+
+    Equals ``torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in parameters]))``,
+    computed as one ``torch._foreach_norm`` per (device, dtype) group and a norm of those norms,
+    rather than a kernel launched from Python per parameter. fp16/bf16 gradients are
+    accumulated in float32; the result is on the device of the first gradient (0 without any).
+    """
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
+    if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    device = grads[0].device
+    norms = []
+    for (_, dtype), group in groups.items():
+        accumulate = torch.float32 if dtype in _LOW_PRECISION else None
+        norms.extend(n.to(device, torch.float32) for n in torch._foreach_norm(group, 2, dtype=accumulate))
+    return torch.linalg.vector_norm(torch.stack(norms))  # NaN/inf in any group norm carries through
 
 
 # ---------------------------------------------------------------------- out of memory
