@@ -3,8 +3,9 @@
 Same pipeline as `rlft demo` (rlft/demo/pipeline.py), same flags (every DemoConfig field), but
 the policy is trained against VADER by default (``--reward learned`` uses the MiniLM reward
 model) and the run ends with one table: held-out judge scores before / after with 95% intervals,
-the KL to the reference, steps done and the time per phase. Not a timed test: run it on an idle
-machine, e.g.
+the KL to the reference, steps done and the PPO time per phase (generate, score, forward: rollout
+and epoch forwards, backward: backward passes and optimizer steps, other; see
+`rlft.demo.train.train_ppo`). Not a timed test: run it on an idle machine, e.g.
 
     .venv/bin/python benchmarks/sentiment.py --output_dir runs/sentiment-vader --overwrite
     .venv/bin/python benchmarks/sentiment.py --reward learned --output_dir runs/sentiment-learned --overwrite

@@ -1,7 +1,7 @@
 """The PPO loop of the sentiment task: sample prompts, generate, score, `PPOTrainer.step`.
 
 One function, shared by `rlft demo` and `benchmarks/sentiment.py`, with a wall-clock budget and
-a per-phase clock (generate, score, forward, backward/optimise).
+a per-phase clock (generate, score, forward, backward, other; see `train_ppo`).
 """
 
 from __future__ import annotations
@@ -77,7 +77,15 @@ def train_ppo(
     max_steps: int | None = None,
     on_step: Callable[[int, dict], bool | None] | None = None,
 ) -> TrainResult:
-    """PPO steps until the budget (or ``max_steps``) is spent; ``on_step`` returning True stops."""
+    """PPO steps until the budget (or ``max_steps``) is spent; ``on_step`` returning True stops.
+
+    ``phase_seconds`` of the result splits the wall time into: ``generate``; ``score`` (decoding
+    and the reward function); ``forward``, the model forwards of `PPOTrainer.step` (the rollout
+    pass and the PPO epochs' forwards with their losses); ``backward``, the epochs' backward
+    passes plus clipping and optimizer steps; ``other``, the rest (prompt sampling, rewards,
+    advantages, minibatch padding, stats). On CUDA the step's clocks are host-side, so kernel
+    time can land in a later phase.
+    """
     rng = random.Random(s.seed)
     phases = {"generate": 0.0, "score": 0.0, "forward": 0.0, "backward": 0.0, "other": 0.0}
     history: list[dict] = []
@@ -115,8 +123,10 @@ def train_ppo(
         phases["score"] += time.perf_counter() - t
         # 4. PPO step
         stats = trainer.step(queries, responses, scores)
-        phases["forward"] += stats.get("time/ppo/forward_pass", 0.0)
-        phases["backward"] += stats.get("time/ppo/optimize_step", 0.0)
+        phases["forward"] += stats.get("time/ppo/forward_pass", 0.0) + stats.get("time/ppo/optimize_step/forward", 0.0)
+        phases["backward"] += (
+            stats.get("time/ppo/optimize_step/backward", 0.0) + stats.get("time/ppo/optimize_step/optimizer", 0.0)
+        )
         step += 1
         step_time = time.perf_counter() - t0
         mean_step = step_time if mean_step is None else 0.7 * mean_step + 0.3 * step_time

@@ -95,3 +95,29 @@ def test_step_splits_the_ppo_epoch_time(model_path, tokenizer):
     assert all(s > 0 for s in parts), parts  # each ran: 2 epochs x 2 minibatches, one optimizer step per epoch
     assert sum(parts) <= stats["time/ppo/optimize_step"] <= stats["time/ppo/total"]
     assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if p.requires_grad)
+
+
+def test_demo_phase_clock_uses_the_epoch_split(model_path, pad_tokenizer):
+    """`train_ppo`'s forward/backward come from the step's split; the phases add up to the wall time."""
+    from rlft.demo.train import PPOSettings, make_trainer, train_ppo
+
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(model_path("gpt2"))
+    s = PPOSettings(batch_size=4, mini_batch_size=2, max_new_tokens=4, generation_batch_size=4)
+    trainer = make_trainer(model, pad_tokenizer, s)
+    seen = []
+    original = trainer.step
+
+    def step(*args, **kwargs):
+        seen.append(original(*args, **kwargs))
+        return seen[-1]
+
+    trainer.step = step
+    result = train_ppo(trainer, pad_tokenizer, ["a good film", "the plot is"], lambda texts: [0.5] * len(texts), s,
+                       time_budget_s=600, max_steps=2)
+    phases = result.phase_seconds
+    assert list(phases) == ["generate", "score", "forward", "backward", "other"]
+    assert all(v >= 0 for v in phases.values())
+    forward = sum(st["time/ppo/forward_pass"] + st["time/ppo/optimize_step/forward"] for st in seen)
+    backward = sum(st["time/ppo/optimize_step/backward"] + st["time/ppo/optimize_step/optimizer"] for st in seen)
+    assert phases["forward"] == pytest.approx(forward) and phases["backward"] == pytest.approx(backward)
+    assert sum(phases.values()) == pytest.approx(result.seconds)
