@@ -990,7 +990,11 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         return _distributed.mean_over_processes(stats, self.accelerator)
 
     def log_stats(self, stats: dict, batch: dict, rewards: list, columns_to_log: list = ["query", "response"]):  # noqa: B006 (TRL's signature)
-        """Send ``stats`` and a table of samples with their rewards to the configured tracker."""
+        """Send ``stats`` and a table of samples with their rewards to the configured tracker.
+
+        ``rewards`` and the ``columns_to_log`` of ``batch`` are this process's; the reward stats and
+        the table cover the samples of every process. Returns the logged dict.
+        """
         if not isinstance(rewards, Tensor):
             rewards = torch.tensor([float(r) for r in rewards])
         rewards = self.accelerator.gather(rewards.float().to(self.current_device).flatten())
@@ -1001,9 +1005,15 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         logs["env/reward_mean"] = rewards.mean().item()
         logs["env/reward_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
         logs["env/reward_dist"] = rewards.cpu().numpy()
-        if not self.accelerator.is_main_process or self.config.log_with is None:
+        if self.config.log_with is None:
             return logs
-        rows = [list(r) + [float(x)] for r, x in zip(zip(*[batch[c] for c in columns_to_log]), rewards.cpu().tolist())]
+        # Every process's samples, in the order of the gathered rewards (as TRL); a collective call.
+        from accelerate.utils import gather_object
+
+        columns = [gather_object(list(batch[c])) for c in columns_to_log]
+        if not self.accelerator.is_main_process:
+            return logs
+        rows = [list(r) + [float(x)] for r, x in zip(zip(*columns), rewards.cpu().tolist())]
         if self.config.log_with == "wandb":
             import wandb
 

@@ -8,9 +8,12 @@ tracker (``Accelerator.init_trackers``, ``Accelerator.log``, ``get_tracker``) is
 
 from __future__ import annotations
 
+import importlib.machinery
 import sys
 import types
 
+import accelerate.tracking  # imported before any fake module exists: accelerate probes for trackers at import
+import accelerate.utils
 import numpy as np
 import pytest
 import torch
@@ -30,7 +33,6 @@ REWARDS = [0.5, -1.25, 2.0, 0.75]
 
 def _allow_tracker(monkeypatch, name: str) -> None:
     """Make rlft and accelerate treat ``name`` as installed (the fake module provides it)."""
-    import accelerate.tracking
     from accelerate.utils import LoggerType
 
     monkeypatch.setattr(f"rlft.trainer.ppo_config.is_{name}_available", lambda: True)
@@ -41,6 +43,7 @@ def _fake_wandb(monkeypatch) -> list:
     """A ``wandb`` module whose runs record ``log`` calls; returns the list of runs started."""
     runs: list = []
     module = types.ModuleType("wandb")
+    module.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
 
     class Table:
         def __init__(self, columns=None, rows=None, data=None):
@@ -74,6 +77,7 @@ def _fake_tensorboard(monkeypatch) -> list:
     """A ``torch.utils.tensorboard`` whose writers record scalars and texts; returns the writers made."""
     writers: list = []
     module = types.ModuleType("torch.utils.tensorboard")
+    module.__spec__ = importlib.machinery.ModuleSpec("torch.utils.tensorboard", None)
 
     class SummaryWriter:
         def __init__(self, log_dir=None, **kwargs):
@@ -190,3 +194,24 @@ def test_log_stats_without_tracker_returns_the_logs(model_path, tokenizer):
     logs = trainer.log_stats(stats, batch, REWARDS)
     assert set(STEP_KEYS) <= set(logs) and "game_log" not in logs
     _assert_reward_stats(logs)
+
+
+def test_log_stats_tables_the_samples_of_every_process(model_path, tokenizer, monkeypatch):
+    """With several processes the rewards are gathered, and so are the logged columns (as TRL), row by row."""
+    runs = _fake_wandb(monkeypatch)
+    trainer, stats, batch = _trainer_and_step(model_path, tokenizer, log_with="wandb")
+    # a second process with the same queries, "(2)" responses and rewards + 10
+    monkeypatch.setattr(trainer.accelerator, "gather", lambda t: torch.cat([t, t + 10]))
+    gathered = []
+
+    def gather_object(values):
+        gathered.append(list(values))
+        return list(values) + [v if v in batch["query"] else f"{v} (2)" for v in values]
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", gather_object)
+    logs = trainer.log_stats(stats, batch, REWARDS)
+    assert gathered == [batch["query"], batch["response"]]
+    all_rewards = REWARDS + [r + 10 for r in REWARDS]
+    assert logs["env/reward_mean"] == pytest.approx(np.mean(all_rewards))
+    rows = runs[0].logged[-1][1]["game_log"].rows
+    assert rows == [[q, r, x] for q, r, x in zip(batch["query"] * 2, batch["response"] + [f"{r} (2)" for r in batch["response"]], all_rewards)]
