@@ -44,10 +44,11 @@ def print_table(summary: dict, load_before=None, load_after=None) -> None:
     print()
     print(f"sentiment benchmark: policy trained against {trained_on}; {summary['heldout_prompts']} held-out prompts"
           + (" (SMOKE TEST: tiny model)" if summary["smoke_test"] else ""))
-    print(f"{'judge':<16}{'before':>18}{'after':>18}{'gain':>10}")
+    gain_ci = summary.get("gain_ci95", {})
+    print(f"{'judge':<16}{'before':>18}{'after':>18}{'gain (paired by prompt)':>26}")
     for name in judges + ["kl"]:
         print(f"{name:<16}{b[name + '_mean']:>+10.3f} ± {b[name + '_ci95']:.3f}{a[name + '_mean']:>+10.3f} ± {a[name + '_ci95']:.3f}"
-              f"{a[name + '_mean'] - b[name + '_mean']:>+10.3f}")
+              f"{a[name + '_mean'] - b[name + '_mean']:>+18.3f} ± {gain_ci.get(name, float('nan')):.3f}")
     bon = summary["best_of_n"]
     print("best-of-n      " + "  ".join(f"{k[:-5]} {v:+.3f}" for k, v in bon.items() if k.endswith("_mean")))
     sec = summary["seconds"]
