@@ -12,15 +12,14 @@ from rlft.core import set_seed
 LOW_IDS = 200  # reward: the share of response tokens with an id below this (about 20% at random)
 
 
-def _run(trainer, steps, *, seq2seq=False, n=16, new_tokens=8, seed=0):
+def _run(trainer, steps, *, n=16, new_tokens=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     history = []
     for _ in range(steps):
         qs = [torch.randint(5, 900, (4,), generator=g) for _ in range(n)]
         rs = trainer.generate(qs, return_prompt=False, batch_size=n, do_sample=True, top_k=0, top_p=1.0,
                               max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None)
-        body = [r[1:] if seq2seq else r for r in rs]  # seq2seq responses start with the decoder-start token
-        scores = [(b < LOW_IDS).float().mean() for b in body]
+        scores = [(r < LOW_IDS).float().mean() for r in rs]
         trainer.step(qs, rs, scores)
         history.append(torch.stack(scores).mean().item())
     return history
