@@ -12,6 +12,13 @@ def is_distributed(accelerator) -> bool:
     return accelerator.distributed_type != DistributedType.NO
 
 
+def shards_parameters(accelerator) -> bool:
+    """True under DeepSpeed or FSDP, where parameters are flattened or sharded across processes."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
 def mean_over_processes(stats: dict, accelerator) -> dict:
     """Average every tensor of ``stats`` over processes (others are returned as they are)."""
     if not is_distributed(accelerator):

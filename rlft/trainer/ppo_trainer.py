@@ -39,6 +39,7 @@ from ..functional.running import RunningMoments
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper, create_reference_model
 from ..utils.faults import NonFiniteGuard, grad_norm, is_out_of_memory, nonfinite_names, out_of_memory_error
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
+from ..utils.tied_embedding import densify_grad, sparse_embedding_grad, tied_trainable_input_embedding
 from . import _distributed
 from ._ppo_checkpoint import PPOCheckpointMixin
 from ._helpers import disable_dropout_in_model, pad
@@ -219,6 +220,11 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
                 self.dataloader, sampler if isinstance(sampler, ResumableSampler) else None,
                 config.batch_size * self.accelerator.num_processes,
             )
+        # A trainable embedding tied to the LM head gets its lookup gradient as sparse rows in the
+        # training forwards (rlft/utils/tied_embedding.py): same gradient, no vocabulary-sized temporaries.
+        self._tied_embedding = (
+            None if _distributed.shards_parameters(self.accelerator) else tied_trainable_input_embedding(self.model)
+        )
         self.accelerator.register_save_state_pre_hook(self._save_policy_hook)
         self.accelerator.register_load_state_pre_hook(self._load_policy_hook)
         self.kl_ctl = (
@@ -800,7 +806,8 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
                     sync_ctx = contextlib.nullcontext() if self._sync_now or not self.is_distributed else self.accelerator.no_sync(self.model)
                     with sync_ctx:
                         t = time.perf_counter()
-                        logits, vpreds = self._forward(self.model, batch)
+                        with sparse_embedding_grad(self._tied_embedding):
+                            logits, vpreds = self._forward(self.model, batch)
                         logprobs = selected_log_probs(logits, batch.actions)
                         seconds["forward"] += time.perf_counter() - t
                         old = {k2: getattr(rollout, k2)[idx, :T] for k2 in ("logprobs", "values", "mask", "advantages", "returns")}
@@ -878,6 +885,7 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         """
         nonfinite = None
         if self._window_updates > 0:
+            densify_grad(self._tied_embedding)
             params = [p for p in self.model.parameters() if p.requires_grad]
             if self.config.max_grad_norm is not None:
                 norm = self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
