@@ -331,6 +331,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     """Sampled continuations (text after the prompt) of ``prompts`` under a fixed seed, not touching the global RNG."""
     import torch
 
+    from ..utils.sampling_generate import generate as sampling_generate
+
     model_to_use = getattr(model, "pretrained_model", model)
     device = next(model_to_use.parameters()).device
     enc_dec = bool(getattr(model_to_use.config, "is_encoder_decoder", False))
@@ -344,8 +346,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
             torch.manual_seed(seed)
             for start in range(0, len(prompts), batch_size):
                 enc = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True).to(device)
-                generated = model_to_use.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=True, top_k=0, top_p=1.0,
+                generated = sampling_generate(
+                    model_to_use, **enc, max_new_tokens=max_new_tokens, do_sample=True, top_k=0, top_p=1.0,
                     pad_token_id=tokenizer.pad_token_id,
                 )
                 new = generated if enc_dec else generated[:, enc["input_ids"].shape[1]:]

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..core import set_seed
+from ..utils.sampling_generate import generate as sampling_generate
 from ..functional.logprobs import selected_log_probs
 from ..trainer._helpers import pad
 
@@ -66,7 +67,8 @@ def sample(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, bat
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         enc = tokenizer(chunk, return_tensors="pt", padding=True)
-        out = lm.generate(
+        out = sampling_generate(
+            lm,
             **enc,
             max_new_tokens=max_new_tokens,
             do_sample=True,

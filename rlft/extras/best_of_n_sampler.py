@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..core import set_seed
+from ..utils.sampling_generate import generate as sampling_generate
 
 TokenizedQuery = Union[Sequence[int], Tensor]
 
@@ -198,7 +199,7 @@ class BestOfNSampler:
         kwargs.setdefault("pad_token_id", pad_id)
         kwargs = self._merged_with_config(kwargs)
         with torch.no_grad():
-            output = self.model.generate(input_ids=input_ids.to(device), **kwargs)  # (Q * n, width + T_new)
+            output = sampling_generate(self.model, input_ids=input_ids.to(device), **kwargs)  # (Q * n, width + T_new)
         new = output[:, width:]  # (Q * n, T_new)
         # a row's own length: through its first EOS (HF fills the rest with pad_token_id)
         done = torch.full((new.shape[0],), new.shape[1], dtype=torch.long, device=new.device)
@@ -267,7 +268,7 @@ class BestOfNSampler:
         kwargs = self._merged_with_config(kwargs)
         # 2. generate: (sample_size, T_query + T_new) for causal models
         with torch.no_grad():
-            output = self.model.generate(input_ids=input_ids, **kwargs)
+            output = sampling_generate(self.model, input_ids=input_ids, **kwargs)
         # 3. score the whole batch with one call, then keep the top n_candidates
         return self._select(self.tokenizer.batch_decode(output, skip_special_tokens=skip_special_tokens))
 

@@ -28,6 +28,7 @@ from transformers import (
 
 from .._compat import resolve_processing_class, warn_once
 from ..data.dpo import DPODataCollatorWithPadding, pad_to_length
+from ..utils.sampling_generate import generate as sampling_generate
 from ..data.packing import pack_padded, packed_attention_is_exact
 from ..functional import dpo as F_dpo
 from ..functional.logprobs import selected_log_probs
@@ -850,15 +851,15 @@ class DPOTrainer(Trainer):
         )
         unwrapped = self.accelerator.unwrap_model(model)
         with torch.no_grad(), self.compute_loss_context_manager():
-            policy_out = unwrapped.generate(**gen_kwargs)
+            policy_out = sampling_generate(unwrapped, **gen_kwargs)
             if self.ref_model is None:
                 if self._reference_released:
                     reference_out = None
                 else:
                     with self.null_ref_context():
-                        reference_out = unwrapped.generate(**gen_kwargs)
+                        reference_out = sampling_generate(unwrapped, **gen_kwargs)
             else:
-                reference_out = self.accelerator.unwrap_model(self.ref_model).generate(**gen_kwargs)
+                reference_out = sampling_generate(self.accelerator.unwrap_model(self.ref_model), **gen_kwargs)
         decode = lambda ids: self.tokenizer.batch_decode(pad_to_length(ids, self.max_length, pad_id), skip_special_tokens=True)  # noqa: E731
         return decode(policy_out), (decode(reference_out) if reference_out is not None else [])
 

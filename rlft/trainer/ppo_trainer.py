@@ -39,6 +39,7 @@ from ..functional.running import RunningMoments
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper, create_reference_model
 from ..utils.faults import NonFiniteGuard, grad_norm, is_out_of_memory, nonfinite_names, out_of_memory_error
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
+from ..utils.sampling_generate import generate as sampling_generate
 from ..utils.tied_embedding import densify_grad, sparse_embedding_grad, tied_trainable_input_embedding
 from . import _distributed
 from ._ppo_checkpoint import PPOCheckpointMixin
@@ -349,7 +350,7 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
                 self._check_context(batch, generation_kwargs.get("max_new_tokens"))
                 padding_side = "right" if self.is_encoder_decoder else "left"
                 input_ids, attention_mask = _pad(batch, self._pad_id, padding_side)
-                generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
+                generated = sampling_generate(model, input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
                 width = input_ids.shape[1]
                 for query, row in zip(batch, generated):
                     if self.is_encoder_decoder:

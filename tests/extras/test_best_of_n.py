@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 from rlft import AutoModelForCausalLMWithValueHead
 from rlft.core import LengthSampler
 from rlft.extras import BestOfNSampler
+from rlft.utils.sampling_generate import InverseCDFSampling
 
 SAMPLE = dict(do_sample=True, top_k=0, top_p=1.0)
 
@@ -137,7 +138,13 @@ def test_generation_config_defaults_and_kwarg_override(causal_lm, pad_tokenizer)
     sampler = BestOfNSampler(model, pad_tokenizer, count_a, LengthSampler(3, 4), sample_size=2, generation_config=config)
     sampler.generate(pad_tokenizer.encode("the"))
     used = calls[-1]["generation_config"]
-    assert used.do_sample is True and used.top_k == 0 and used.max_new_tokens == 3
+    # plain sampling reaches transformers as greedy decoding over rlft's inverse-CDF draw
+    # (rlft/utils/sampling_generate.py), which carries the config's sampling settings
+    assert used.do_sample is False and used.max_new_tokens == 3
+    draw = calls[-1]["logits_processor"][-1]
+    assert isinstance(draw, InverseCDFSampling) and draw.warpers == []  # top_k=0, top_p=1, temperature 1: no warper
+    sampler.generate(pad_tokenizer.encode("the"), top_k=7)
+    assert [type(w).__name__ for w in calls[-1]["logits_processor"][-1].warpers] == ["TopKLogitsWarper"]
     with pytest.warns(UserWarning, match="greedily"):
         sampler.generate(pad_tokenizer.encode("the"), max_new_tokens=1, do_sample=False, top_k=5)
     used = calls[-1]["generation_config"]

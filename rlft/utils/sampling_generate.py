@@ -1,0 +1,126 @@
+"""``model.generate`` with plain ancestral sampling drawn by inverse CDF (one random number per row).
+
+transformers samples each token with ``torch.multinomial``, which on CPU draws one random number
+per vocabulary entry (see `rlft.functional.sampling`). `generate` below keeps transformers'
+decoding loop, caches, stopping rules and logits processors, and moves only the last step: the
+sampling warpers (temperature, top-k, top-p, applied in transformers' order by transformers' own
+classes) and the draw run in one logits processor placed after all others, which returns a
+score of 0 for the drawn token and -inf elsewhere; transformers then decodes greedily, i.e. takes it.
+
+The tokens come from the same distribution as transformers' sampling, not the same random
+stream: a seeded run draws different (equally likely) tokens than ``model.generate`` would.
+Set the environment variable ``RLFT_SAMPLER=transformers`` to use transformers' sampling.
+
+Only plain sampling takes this path: ``do_sample`` true, one beam, and no other sampling warper
+(min_p, typical_p, epsilon/eta cutoffs, top_h), no watermarking, no assistant model, no
+``output_scores`` (the processed scores would be the one-hot ones). Anything else goes to
+``model.generate`` unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ..functional.sampling import sample_categorical
+
+#: transformers' values for generation settings neither the call nor the model's config set.
+_GLOBAL_DEFAULTS = {"do_sample": False, "num_beams": 1, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
+#: Sampling settings this path does not implement: it is taken only while each is unset or neutral.
+_NEUTRAL = {
+    "min_p": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0),
+    "top_h": (None,), "watermarking_config": (None,), "output_scores": (None, False),
+}
+#: Call options that select another decoding method.
+_OTHER_METHODS = ("assistant_model", "prompt_lookup_num_tokens", "custom_generate", "assistant_early_exit")
+
+
+class InverseCDFSampling:
+    """A logits processor that applies temperature / top-k / top-p and draws one token per row.
+
+    Returns (B, V) scores: 0 at the drawn token, -inf elsewhere (so greedy decoding takes it).
+    """
+
+    def __init__(self, temperature: float = 1.0, top_k: Optional[int] = None, top_p: float = 1.0):
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        self.warpers = []  # in transformers' order: temperature, top-k, top-p
+        if temperature is not None and temperature != 1.0:
+            self.warpers.append(TemperatureLogitsWarper(temperature))
+        if top_k is not None and top_k != 0:
+            self.warpers.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+        if top_p is not None and top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        probs = torch.softmax(scores.float(), dim=-1)  # (B, V)
+        token = sample_categorical(probs)  # (B,)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(-1, token[:, None], 0.0)
+        return out
+
+
+def _setting(name: str, kwargs: dict, configs: list) -> Any:
+    """The value transformers would use: the call's, else the first config's that sets it, else the global default."""
+    if kwargs.get(name) is not None:
+        return kwargs[name]
+    for config in configs:
+        value = getattr(config, name, None) if config is not None else None
+        if value is not None:
+            return value
+    return _GLOBAL_DEFAULTS.get(name)
+
+
+def _model_generation_config(model):
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        config = getattr(getattr(model, "pretrained_model", None), "generation_config", None)
+    return config
+
+
+def sampling_plan(model, kwargs: dict) -> Optional[dict]:
+    """(temperature, top_k, top_p) for the inverse-CDF path, or None when ``model.generate`` must sample."""
+    if os.environ.get("RLFT_SAMPLER", "").lower() in ("transformers", "hf", "multinomial"):
+        return None
+    if any(kwargs.get(name) is not None for name in _OTHER_METHODS):
+        return None
+    configs = [kwargs.get("generation_config"), _model_generation_config(model)]
+    if _setting("do_sample", kwargs, configs) is not True or (_setting("num_beams", kwargs, configs) or 1) != 1:
+        return None
+    for name, neutral in _NEUTRAL.items():
+        if _setting(name, kwargs, configs) not in neutral:
+            return None
+    return {name: _setting(name, kwargs, configs) for name in ("temperature", "top_k", "top_p")}
+
+
+def generate(model, **kwargs) -> Tensor:
+    """``model.generate(**kwargs)``, with plain sampling drawn by `InverseCDFSampling` where it applies."""
+    plan = sampling_plan(model, kwargs)
+    if plan is None:
+        return model.generate(**kwargs)
+    from transformers import LogitsProcessorList
+
+    kwargs = dict(kwargs)
+    # Neutral values for the sampling settings, which greedy decoding would otherwise warn about.
+    neutral = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
+    if kwargs.get("generation_config") is not None:
+        config = copy.deepcopy(kwargs["generation_config"])
+        for name, value in neutral.items():
+            setattr(config, name, value)
+        kwargs["generation_config"] = config
+        for name in neutral:
+            kwargs.pop(name, None)
+    else:
+        kwargs.update(neutral)
+    # After the caller's processors, as transformers applies its warpers after them.
+    kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), InverseCDFSampling(**plan)])
+    return model.generate(**kwargs)
+
+
+__all__ = ["InverseCDFSampling", "generate", "sampling_plan"]
