@@ -102,7 +102,7 @@ def _score(response: torch.Tensor) -> torch.Tensor:
 def run_ppo(ctx) -> None:
     from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
-    ps = spec.ppo_settings(ctx.workload.name)
+    ps = spec.ppo_settings(ctx.workload.name, ctx.arch)
     torch.manual_seed(0)
     kwargs = {}
     if ps["lora"] is not None:

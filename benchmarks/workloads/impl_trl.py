@@ -76,7 +76,7 @@ def _prompt_tensors(ctx, n: int) -> list[torch.Tensor]:
 def run_ppo(ctx) -> None:
     from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
-    ps = spec.ppo_settings(ctx.workload.name)
+    ps = spec.ppo_settings(ctx.workload.name, ctx.arch)
     torch.manual_seed(0)
     kwargs = {}
     if ps["lora"] is not None:

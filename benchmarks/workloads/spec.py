@@ -38,8 +38,11 @@ PPO_MINI_BATCH = 4
 PPO_EPOCHS = 4
 PPO_SHARED_LAYERS = 2
 LORA_R = 16
-#: LoRA on every matmul of the GPT-2 blocks.
-LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
+#: LoRA on every matmul of the blocks (not the LM head), per fixture architecture.
+LORA_TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
 # The real-asset demo step: `rlft demo`'s PPO settings (rlft/demo/config.py) on SmolLM2-135M-Instruct.
 DEMO_BATCH = 32
 DEMO_MINI_BATCH = 8
@@ -62,7 +65,7 @@ def ppo_generation_kwargs(eos_id: int, new_tokens: int = PPO_NEW_TOKENS) -> dict
     return dict(do_sample=True, top_k=0, top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=eos_id)
 
 
-def ppo_settings(name: str) -> dict:
+def ppo_settings(name: str, arch: str = "gpt2") -> dict:
     """PPO hyperparameters of a PPO workload: batch, mini_batch, epochs, new_tokens, learning_rate,
     num_shared_layers, lora (None, or the LoRA rank, alpha and target modules)."""
     base = dict(batch=PPO_PROMPTS, mini_batch=PPO_MINI_BATCH, epochs=PPO_EPOCHS, new_tokens=PPO_NEW_TOKENS,
@@ -70,7 +73,8 @@ def ppo_settings(name: str) -> dict:
     if name == "ppo_shared_ref":
         base["num_shared_layers"] = PPO_SHARED_LAYERS
     elif name == "ppo_peft_ref":
-        base["lora"] = dict(r=LORA_R, alpha=2 * LORA_R, targets=LORA_TARGETS, fan_in_fan_out=True)
+        # GPT-2's blocks are Conv1D layers (weights stored transposed): peft needs fan_in_fan_out for them.
+        base["lora"] = dict(r=LORA_R, alpha=2 * LORA_R, targets=LORA_TARGETS[arch], fan_in_fan_out=arch == "gpt2")
     elif name == "demo_ppo":
         base.update(batch=DEMO_BATCH, mini_batch=DEMO_MINI_BATCH, epochs=DEMO_EPOCHS, new_tokens=DEMO_NEW_TOKENS,
                     learning_rate=DEMO_LEARNING_RATE, lora=dict(r=16, alpha=32, targets="all-linear", fan_in_fan_out=False))

@@ -39,13 +39,13 @@ def test_fixtures_are_fixed_and_load(fixture_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("workload", ["dpo", "best_of_n"])
-def test_one_rlft_workload_runs_one_step(fixture_dir, workload, capsys):
+@pytest.mark.parametrize("workload,arch", [("dpo", "gpt2"), ("best_of_n", "gpt2"), ("ppo_peft_ref", "llama")])
+def test_one_rlft_workload_runs_one_step(fixture_dir, workload, arch, capsys):
     import torch
 
     threads = torch.get_num_threads()
     try:
-        result = worker.main(["--impl", "rlft", "--workload", workload, "--fixtures", fixture_dir,
+        result = worker.main(["--impl", "rlft", "--workload", workload, "--fixtures", fixture_dir, "--arch", arch,
                               "--warmup", "1", "--steps", "1", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
