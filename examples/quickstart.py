@@ -5,6 +5,8 @@ the hub's "gpt2" is replaced by a randomly initialised tiny GPT-2 and a BPE
 tokenizer trained offline, since nothing is downloaded here.
 """
 
+import atexit
+import shutil
 import tempfile
 
 # 0. imports
@@ -15,6 +17,7 @@ from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 from rlft.testing.tiny import build_model, build_tokenizer
 
 workdir = tempfile.mkdtemp(prefix="rlft-quickstart-")
+atexit.register(shutil.rmtree, workdir, ignore_errors=True)
 build_tokenizer(f"{workdir}/gpt2")
 build_model("gpt2", GPT2Tokenizer.from_pretrained(f"{workdir}/gpt2"), save_dir=f"{workdir}/gpt2")
 GPT2 = f"{workdir}/gpt2"  # stands in for "gpt2"

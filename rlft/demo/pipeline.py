@@ -122,11 +122,12 @@ def _run(cfg: DemoConfig, config: DemoConfig) -> dict:
 
     t = time.perf_counter()
     heldout_labelled = [(s.text, s.fresh) for s in data.heldout_snippets][: 1000 if not smoke else 40]
-    rm, rm_report = train_reward_model(
-        encoder_path, data.train_pairs, data.heldout_pairs, heldout_labelled, vader,
-        output_dir=Path(tempfile.mkdtemp(prefix="rlft-rm-")), epochs=cfg.rm_epochs,
-        learning_rate=cfg.rm_learning_rate, n_trainable_layers=cfg.rm_trainable_layers, seed=cfg.seed, log=log,
-    )
+    with tempfile.TemporaryDirectory(prefix="rlft-rm-") as rm_work:  # the Trainer's output_dir; nothing is kept there
+        rm, rm_report = train_reward_model(
+            encoder_path, data.train_pairs, data.heldout_pairs, heldout_labelled, vader,
+            output_dir=Path(rm_work), epochs=cfg.rm_epochs,
+            learning_rate=cfg.rm_learning_rate, n_trainable_layers=cfg.rm_trainable_layers, seed=cfg.seed, log=log,
+        )
     timings["reward_model"] = time.perf_counter() - t
     log(f"reward model held-out accuracy: pairs {rm_report.pair_accuracy:.1%} (VADER {rm_report.vader_pair_accuracy:.1%}), "
         f"snippet labels {rm_report.label_accuracy:.1%} (VADER {rm_report.vader_label_accuracy:.1%})")

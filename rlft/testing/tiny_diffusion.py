@@ -24,7 +24,10 @@ def build_clip_tokenizer(save_dir: str | os.PathLike | None = None):
     """A character-level CLIP BPE tokenizer (lower-case letters, digits, punctuation)."""
     from transformers import CLIPTokenizer
 
-    save_dir = str(save_dir or tempfile.mkdtemp(prefix="rlft-tiny-clip-"))
+    if save_dir is None:  # the tokenizer reads its files when built: a throwaway folder is enough
+        with tempfile.TemporaryDirectory(prefix="rlft-tiny-clip-") as folder:
+            return build_clip_tokenizer(folder)
+    save_dir = str(save_dir)
     os.makedirs(save_dir, exist_ok=True)
     chars = list(string.ascii_lowercase + string.digits + ".,!?'-")
     vocab = {c: i for i, c in enumerate(chars)}
