@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..core import set_seed
-from ..utils.sampling_generate import generate as sampling_generate
+from ..utils.sampling_generate import generate as sampling_generate, model_generation_config
 
 TokenizedQuery = Union[Sequence[int], Tensor]
 
@@ -220,9 +220,7 @@ class BestOfNSampler:
             return None
         if _PER_QUERY_OPTIONS & set(generation_kwargs):
             return None
-        model_gen = getattr(self.model, "generation_config", None) or getattr(
-            getattr(self.model, "pretrained_model", None), "generation_config", None
-        )
+        model_gen = model_generation_config(self.model)
         sources = [generation_kwargs, *(vars(c) for c in (self.gen_config, model_gen) if c is not None)]
         for config in (self.gen_config, model_gen):
             if config is not None and (getattr(config, "stop_strings", None) or getattr(config, "max_time", None)
@@ -327,9 +325,7 @@ class BestOfNSampler:
     def _warn_if_greedy(self, generation_kwargs: dict) -> None:
         if self.sample_size == 1 or "do_sample" in generation_kwargs and generation_kwargs["do_sample"]:
             return
-        config = self.gen_config if self.gen_config is not None else getattr(self.model, "generation_config", None)
-        if config is None:
-            config = getattr(getattr(self.model, "pretrained_model", None), "generation_config", None)
+        config = self.gen_config if self.gen_config is not None else model_generation_config(self.model)
         do_sample = generation_kwargs.get("do_sample", getattr(config, "do_sample", None))
         num_beams = generation_kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
         if not do_sample and num_beams == 1:

@@ -24,10 +24,10 @@ def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) 
     cdf = probs.to(torch.float64).cumsum(-1)  # (B, V), nondecreasing
     total = cdf[:, -1:]  # (B, 1)
     u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device, generator=generator)  # [0, 1)
-    index = torch.searchsorted(cdf, u * total, right=True).squeeze(-1)  # first i with cdf_i > u * total
-    # u * total can round up to total itself: take the last entry with positive mass then.
-    last_positive = probs.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.int8).argmax(-1)  # (B,)
-    return torch.minimum(index, last_positive)
+    # u * total can round up to total itself; the largest double below total still lands on the
+    # first entry where the cdf reaches total, which has positive mass (the cdf rose there).
+    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # (B, 1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)  # first i with cdf_i > target
 
 
 __all__ = ["sample_categorical"]

@@ -222,9 +222,11 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
                 config.batch_size * self.accelerator.num_processes,
             )
         # A trainable embedding tied to the LM head gets its lookup gradient as sparse rows in the
-        # training forwards (rlft/utils/tied_embedding.py): same gradient, no vocabulary-sized temporaries.
+        # training forwards (rlft/utils/tied_embedding.py): same gradient, no zero-filled (V, d) temporary.
         self._tied_embedding = (
-            None if _distributed.shards_parameters(self.accelerator) else tied_trainable_input_embedding(self.model)
+            None
+            if _distributed.shards_parameters(self.accelerator)
+            else tied_trainable_input_embedding(self.accelerator.unwrap_model(self.model))
         )
         self.accelerator.register_save_state_pre_hook(self._save_policy_hook)
         self.accelerator.register_load_state_pre_hook(self._load_policy_hook)

@@ -77,7 +77,8 @@ def _setting(name: str, kwargs: dict, configs: list) -> Any:
     return _GLOBAL_DEFAULTS.get(name)
 
 
-def _model_generation_config(model):
+def model_generation_config(model):
+    """The ``generation_config`` of a transformers model, or of the one inside a value-head wrapper (None if neither)."""
     config = getattr(model, "generation_config", None)
     if config is None:
         config = getattr(getattr(model, "pretrained_model", None), "generation_config", None)
@@ -90,7 +91,7 @@ def sampling_plan(model, kwargs: dict) -> Optional[dict]:
         return None
     if any(kwargs.get(name) is not None for name in _OTHER_METHODS):
         return None
-    configs = [kwargs.get("generation_config"), _model_generation_config(model)]
+    configs = [kwargs.get("generation_config"), model_generation_config(model)]
     if _setting("do_sample", kwargs, configs) is not True or (_setting("num_beams", kwargs, configs) or 1) != 1:
         return None
     for name, neutral in _NEUTRAL.items():
@@ -123,4 +124,4 @@ def generate(model, **kwargs) -> Tensor:
     return model.generate(**kwargs)
 
 
-__all__ = ["InverseCDFSampling", "generate", "sampling_plan"]
+__all__ = ["InverseCDFSampling", "generate", "model_generation_config", "sampling_plan"]

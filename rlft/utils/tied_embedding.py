@@ -1,18 +1,18 @@
-"""A cheaper gradient for a trainable input embedding that is tied to the LM head.
+"""A leaner gradient for a trainable input embedding that is tied to the LM head.
 
 With tied weights, one (V, d) parameter gets two gradient contributions per backward: a dense
 one from the LM head matmul and one from the embedding lookup. torch's dense embedding backward
-builds the second as a fresh (V, d) tensor of zeros with the looked-up rows added in, and the
-autograd engine then adds the two into a third fresh (V, d) tensor. For an 8k x 256 vocabulary
-that is 16 MiB of new memory per backward; on CPU, filling freshly mapped pages cost about 6% of
-a tiny model's PPO step, and on GPU the two temporaries are two extra vocabulary-sized tensors
-at the peak (2 x 1 GiB in fp32 for a 128k x 2048 tied model).
+builds the second as a fresh zero-filled (V, d) tensor with the looked-up rows added in, and the
+autograd engine then adds the two into another fresh (V, d) tensor.
 
 Asking the lookup for a sparse gradient (``nn.Embedding.sparse``) makes its contribution a
-(tokens, d) list of rows, which the engine adds into the dense LM-head gradient in place. The
-sum is the same gradient (up to float summation order); the parameter's ``.grad`` is dense as
-before, because the dense LM-head contribution is always part of it when the head is in the loss.
-`densify_grad` covers the case where it is not (a loss that never reads the logits).
+(tokens, d) list of rows, so the zero-filled (V, d) temporary is never built; the engine still
+adds the rows to the dense LM-head gradient out of place (one (V, d) copy). The sum is the same
+gradient (up to float summation order). Measured on CPU (docs/benchmarks.md): a small gain, as
+filling fresh pages costs little outside the profiler; on GPU it is one vocabulary-sized
+temporary fewer at the peak (1 GiB in fp32 for a 128k x 2048 tied model). The parameter's
+``.grad`` is dense as before, because the dense LM-head contribution is part of it when the head
+is in the loss; `densify_grad` covers the case where it is not (a loss that never reads the logits).
 """
 
 from __future__ import annotations
@@ -20,22 +20,18 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Optional
 
-import torch
 from torch import nn
 
 
 def tied_trainable_input_embedding(model: nn.Module) -> Optional[nn.Embedding]:
     """The ``nn.Embedding`` whose trainable weight is also the LM head's weight, else None.
 
-    Looks through rlft's value-head wrappers, DDP-style ``.module`` wrappers and peft models.
-    None where the switch would not help or is not safe: untied or frozen embeddings, embeddings
-    that already ask for sparse gradients, and weights that are not plain tensors (sharded or
-    flattened parameters under FSDP / DeepSpeed ZeRO).
+    ``model``: a transformers model, rlft value-head wrapper or peft model, not wrapped for
+    distribution (pass ``accelerator.unwrap_model(model)``). None where the switch would not help
+    or is not safe: untied or frozen embeddings, embeddings that already ask for sparse
+    gradients, and weights that are not plain tensors (sharded or flattened parameters).
     """
-    inner = model
-    for _ in range(4):  # DDP(.module) -> value head wrapper(.pretrained_model) -> peft(.get_base_model())
-        inner = getattr(inner, "module", inner)
-        inner = getattr(inner, "pretrained_model", inner)
+    inner = getattr(model, "pretrained_model", model)
     if hasattr(inner, "get_base_model"):
         inner = inner.get_base_model()
     get_in = getattr(inner, "get_input_embeddings", None)
