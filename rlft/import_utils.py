@@ -99,6 +99,7 @@ def is_transformers_greater_than(version: str) -> bool:
 
 #: pip extra of rlft that installs each optional package.
 EXTRAS = {
+    "peft": "peft",
     "diffusers": "diffusers",
     "wandb": "wandb",
     "tensorboard": "tensorboard",

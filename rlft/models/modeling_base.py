@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..import_utils import is_peft_available
+from ._peft import is_peft_model, require_peft, wrap_peft
 
 logger = logging.getLogger(__name__)
 
@@ -45,18 +46,6 @@ LAYER_PATTERNS = (
     "encoder.block.{layer}",  # T5 encoder
     "model.encoder.layers.{layer}",  # BART encoder
 )
-
-
-def _peft_types() -> tuple[type, ...]:
-    if not is_peft_available():
-        return ()
-    from peft import PeftModel
-
-    return (PeftModel,)
-
-
-def is_peft_model(model: Any) -> bool:
-    return bool(_peft_types()) and isinstance(model, _peft_types())
 
 
 class PreTrainedModelWrapper(nn.Module):
@@ -155,8 +144,8 @@ class PreTrainedModelWrapper(nn.Module):
         wrapper_kwargs, kbit_kwargs, model_kwargs = cls._split_kwargs(kwargs)
         token = model_kwargs.get("token")
 
-        if (peft_config is not None or reward_adapter is not None) and not is_peft_available():
-            raise ImportError("peft_config / reward_adapter need the 'peft' package: pip install peft")
+        if peft_config is not None or reward_adapter is not None:
+            require_peft(f"{cls.__name__}.from_pretrained(peft_config=... / reward_adapter=...)")
 
         source_dir: Path | None = None
         if isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
@@ -190,13 +179,9 @@ class PreTrainedModelWrapper(nn.Module):
             )
 
         if peft_config is not None:
-            if is_peft_model(pretrained_model):
-                raise ValueError("The model is already a peft model; pass peft_config only for a plain model.")
-            from peft import get_peft_model, prepare_model_for_kbit_training
-
-            if getattr(pretrained_model, "is_loaded_in_8bit", False) or getattr(pretrained_model, "is_loaded_in_4bit", False):
-                pretrained_model = prepare_model_for_kbit_training(pretrained_model, **kbit_kwargs)
-            pretrained_model = get_peft_model(pretrained_model, peft_config)
+            pretrained_model = wrap_peft(
+                pretrained_model, peft_config, owner=f"{cls.__name__}.from_pretrained", kbit_kwargs=kbit_kwargs
+            )
 
         score_module = None
         if reward_adapter is not None:
@@ -226,8 +211,7 @@ class PreTrainedModelWrapper(nn.Module):
 
     @classmethod
     def _load_peft_folder(cls, folder: Path, model_args, model_kwargs, is_trainable: bool):
-        if not is_peft_available():
-            raise ImportError(f"{folder} holds a peft adapter; loading it needs the 'peft' package: pip install peft")
+        require_peft(f"loading the peft adapter in {folder}")
         from peft import PeftConfig, PeftModel
 
         adapter_cfg = PeftConfig.from_pretrained(str(folder))
@@ -412,6 +396,12 @@ class PreTrainedModelWrapper(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def current_device(self) -> torch.device:
+        """The device of the wrapped model's parameters (TRL's PEFT docs pass ``ppo_trainer.model.current_device``
+        as ``device`` of a reward pipeline)."""
+        return self.device
+
     def _get_current_device(self):
         return self.device
 
@@ -465,8 +455,34 @@ def _check_model_folder(folder: Path) -> None:
     )
 
 
+#: Loading arguments of transformers 4 that transformers 5 no longer takes, and what replaces them.
+_REMOVED_LOADING_ARGS = {
+    "load_in_8bit": "quantization_config=transformers.BitsAndBytesConfig(load_in_8bit=True)",
+    "load_in_4bit": "quantization_config=transformers.BitsAndBytesConfig(load_in_4bit=True)",
+    "use_auth_token": "token=...",
+}
+#: Messages of RuntimeErrors that come from the bytes of a weight file, not from the arguments.
+_FILE_RUNTIME_ERRORS = ("size mismatch", "PytorchStreamReader", "unexpected EOF", "invalid load key")
+
+
+def _is_file_error(err: BaseException) -> bool:
+    """Whether ``err`` comes from a missing, damaged or mismatched file rather than from the call's arguments."""
+    import pickle
+
+    if isinstance(err, (OSError, EOFError, json.JSONDecodeError, pickle.UnpicklingError)):
+        return True
+    if type(err).__name__ == "SafetensorError":
+        return True
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in _FILE_RUNTIME_ERRORS)
+
+
 class _naming_folder_on_error:
-    """Re-raise loading errors that do not say where they come from (e.g. safetensors' header errors) with the folder."""
+    """Re-raise file errors from loading a local folder (e.g. safetensors' header errors) as "damaged", with the folder.
+
+    Other errors (a transformers 4 argument such as ``load_in_8bit``, a ``device_map`` this machine
+    cannot serve) are about the call, not the files: they keep their type and message; a removed
+    argument's message also says what replaces it.
+    """
 
     def __init__(self, folder: Path | None):
         self.folder = folder
@@ -475,7 +491,15 @@ class _naming_folder_on_error:
         return self
 
     def __exit__(self, exc_type, err, tb):
-        if err is None or self.folder is None or not isinstance(err, Exception) or str(self.folder) in str(err):
+        if err is None or not isinstance(err, Exception):
+            return False
+        if isinstance(err, TypeError):
+            removed = [name for name in _REMOVED_LOADING_ARGS if f"argument '{name}'" in str(err)]
+            if removed:
+                fixes = "; ".join(f"{name} -> {_REMOVED_LOADING_ARGS[name]}" for name in removed)
+                raise TypeError(f"{err}. transformers 5 removed this loading argument; use instead: {fixes}.") from err
+            return False
+        if self.folder is None or not _is_file_error(err) or str(self.folder) in str(err):
             return False
         files = sorted(p.name for p in self.folder.iterdir())[:20]
         raise ValueError(

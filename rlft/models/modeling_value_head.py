@@ -30,6 +30,19 @@ def _hidden_size(config) -> int:
     raise ValueError(f"Cannot find the hidden size in config {type(config).__name__}; it has none of hidden_size/n_embd/d_model.")
 
 
+def _set_cache(kwargs: dict, past_key_values) -> None:
+    """Pass the KV cache as ``cache``: transformers 5 renamed ``past_key_values`` and warns on the old name."""
+    if past_key_values is not None:
+        if kwargs.get("cache") is not None:
+            raise ValueError("Pass the KV cache once: as past_key_values (TRL's name) or as cache, not both.")
+        kwargs["cache"] = past_key_values
+
+
+def _cache_of(out):
+    """The cache of a model output, read under its transformers 5 name (``out.past_key_values`` warns)."""
+    return out.get("cache") if hasattr(out, "get") else getattr(out, "cache", None)
+
+
 class ValueHead(nn.Module):
     """Dropout, then a linear map from the hidden size to one value per position.
 
@@ -53,7 +66,24 @@ class ValueHead(nn.Module):
 class _ValueHeadMixin:
     supported_args = ("summary_dropout_prob", "v_head_initializer_range", "v_head_init_strategy")
 
+    def _check_lm_head(self) -> None:
+        """A value-head model needs the language-model head's logits: reject a bare backbone early.
+
+        ``GPT2Model`` or ``T5Model`` (``AutoModel``) would otherwise load fine and fail at the first
+        forward, far from the mistake.
+        """
+        model = self.pretrained_model
+        get_output = getattr(model, "get_output_embeddings", None)
+        has_head = any(hasattr(model, name) for name in self.lm_head_namings)
+        if not has_head and (get_output is None or get_output() is None):
+            raise ValueError(
+                f"{type(self).__name__} needs a model with a language-model head, but {type(model).__name__} has none "
+                f"(no {' / '.join(self.lm_head_namings)}). Load it with {self.transformers_parent_class.__name__} "
+                "(e.g. GPT2LMHeadModel, T5ForConditionalGeneration), not AutoModel."
+            )
+
     def _build_value_head(self, kwargs) -> None:
+        self._check_lm_head()
         strategy = kwargs.get("v_head_init_strategy")
         if strategy not in V_HEAD_INIT_STRATEGIES:
             raise ValueError(f"v_head_init_strategy must be one of {V_HEAD_INIT_STRATEGIES}, got {strategy!r}.")
@@ -102,19 +132,19 @@ class AutoModelForCausalLMWithValueHead(_ValueHeadMixin, PreTrainedModelWrapper)
     def forward(self, input_ids=None, past_key_values=None, attention_mask=None, return_past_key_values=False, **kwargs):
         """Run the wrapped model; return ``(lm_logits, loss, value)``.
 
-        input_ids, attention_mask: (B, T). Returns logits (B, T, V) in the model's
-        dtype, the model's loss (None without labels) and values (B, T) in fp32;
-        with ``return_past_key_values=True`` the cache is appended as a fourth item.
+        input_ids, attention_mask: (B, T). ``past_key_values`` (TRL's name) or ``cache``
+        (transformers 5's) is the KV cache to continue from. Returns logits (B, T, V) in the
+        model's dtype, the model's loss (None without labels) and values (B, T) in fp32; with
+        ``return_past_key_values=True`` the cache is appended as a fourth item.
         """
         kwargs["output_hidden_states"] = True
         kwargs.setdefault("return_dict", True)
+        _set_cache(kwargs, past_key_values)
         if self.is_peft_model and getattr(self.pretrained_model.active_peft_config, "peft_type", None) == "PREFIX_TUNING":
-            kwargs.pop("past_key_values", None)
-        else:
-            kwargs["past_key_values"] = past_key_values
+            kwargs.pop("cache", None)  # prefix tuning supplies the cache itself
         out = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         value = self.v_head(out.hidden_states[-1])  # (B, T)
-        return self._pack(out.logits, out.loss, value, out.past_key_values, return_past_key_values)
+        return self._pack(out.logits, out.loss, value, _cache_of(out), return_past_key_values)
 
 
 class AutoModelForSeq2SeqLMWithValueHead(_ValueHeadMixin, PreTrainedModelWrapper):
@@ -141,7 +171,7 @@ class AutoModelForSeq2SeqLMWithValueHead(_ValueHeadMixin, PreTrainedModelWrapper
         """
         kwargs["output_hidden_states"] = True
         kwargs.setdefault("return_dict", True)
-        kwargs["past_key_values"] = past_key_values
+        _set_cache(kwargs, past_key_values)
         out = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         value = self.v_head(out.decoder_hidden_states[-1])  # (B, T_dec)
-        return self._pack(out.logits, out.loss, value, out.past_key_values, return_past_key_values)
+        return self._pack(out.logits, out.loss, value, _cache_of(out), return_past_key_values)
