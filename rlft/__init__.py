@@ -43,6 +43,8 @@ _EXPORTS: dict[str, str] = {
     "DDPOStableDiffusionPipeline": ".models.modeling_sd_base",
     "DefaultDDPOStableDiffusionPipeline": ".models.modeling_sd_base",
     "BestOfNSampler": ".extras.best_of_n_sampler",
+    "TextEnvironment": ".environment",
+    "TextHistory": ".environment",
 }
 
 #: Names that need the diffusers extra. ``from rlft import *`` resolves all of ``__all__``, so they
