@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shutil
 import sys
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -61,10 +64,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code if isinstance(code, int) else (0 if code is None else 2)
 
 
+#: Set to 1 to see the traceback of an unexpected error instead of its one-line summary.
+TRACEBACK_ENV = "RLFT_TRACEBACK"
+
+
 def _dispatch(name: str, argv: list[str]) -> int:
     from ._args import CLIError, parse_command
 
     _quiet_library_progress_bars()
+    output_dir = None
+    existed = True
     try:
         module = importlib.import_module(COMMANDS[name].module)
         defaults = getattr(module, "CLI_DEFAULTS", None)
@@ -72,17 +81,39 @@ def _dispatch(name: str, argv: list[str]) -> int:
             name, module.arguments(), argv, description=module.DESCRIPTION,
             cli_defaults=defaults() if callable(defaults) else defaults, tiny_preset=getattr(module, "TINY_PRESET", None),
         )
+        output_dir = next((getattr(p, "output_dir") for p in parsed if getattr(p, "output_dir", None)), None)
+        existed = output_dir is None or Path(output_dir).exists()
         summary = module.run(*parsed)
     except CLIError as err:
+        _remove_unstarted_run(output_dir, existed)
         print(f"rlft {name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nrlft {name}: interrupted (a second Ctrl-C quits without saving).", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the command line reports, the traceback is one variable away
+        _remove_unstarted_run(output_dir, existed)
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        message = " ".join(str(err).split()) or "(no message)"
+        print(f"rlft {name}: error: {type(err).__name__}: {message}\n"
+              f"  (set {TRACEBACK_ENV}=1 to see where it happened)", file=sys.stderr)
+        return 1
     if isinstance(summary, dict):
         _print_summary(name, summary)
         return int(summary.get("exit_code", 0))
     return 0
+
+
+def _remove_unstarted_run(output_dir: str | None, existed: bool) -> None:
+    """Remove a run directory this command created and failed in before its first checkpoint,
+    so the same command can be rerun without --overwrite."""
+    if output_dir is None or existed:
+        return
+    path = Path(output_dir)
+    checkpoints = path / "checkpoints"
+    if path.is_dir() and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _quiet_library_progress_bars() -> None:
@@ -105,6 +136,8 @@ def _print_summary(name: str, summary: dict) -> None:
         for key in ("report_html", "model_dir"):
             if summary.get(key):
                 print(f"  {key.replace('_', ' ')}: {summary[key]}")
+        if summary.get("interrupted"):
+            print(f"rlft {name}: stopped early and saved. Continue with: rlft {name} --output_dir {where} --resume")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,24 +47,70 @@ def tiny_model_folder(name: str) -> str:
     return str(folder)
 
 
+#: What marks a folder as a model written by save_pretrained: a full model, or a peft adapter.
+MODEL_CONFIG = "config.json"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
 def model_folder(name: str | None, option: str = "--model_name_or_path") -> str:
-    """A local model folder for ``name`` (tiny pseudo names are built); clear errors otherwise."""
+    """A local model folder for ``name`` (tiny pseudo names are built); clear errors otherwise.
+
+    The folder holds a model (config.json) or a peft adapter (adapter_config.json, e.g. a run's
+    ``model/`` after LoRA training: see `adapter_base`). A run directory, an empty folder or any
+    other folder is refused with what to pass instead.
+    """
     if not name:
         raise CLIError(f"{option} is required: a local model folder, or tiny-gpt2 (or --tiny) for a smoke run.")
     if is_tiny(name):
         return tiny_model_folder(name)
-    if not Path(name).is_dir():
+    path = Path(name)
+    if not path.is_dir():
         raise CLIError(
             f"{option} {name!r} is not a folder. rlft's command line loads models from local folders written by "
             "save_pretrained (nothing is downloaded); use tiny-gpt2 for a smoke run."
         )
-    return str(name)
+    if (path / MODEL_CONFIG).is_file() or (path / ADAPTER_CONFIG).is_file():
+        return str(name)
+    if (path / "config.yaml").is_file() and (path / "model").is_dir():
+        raise CLIError(f"{option} {name}: this is an rlft run directory; its trained model is {path / 'model'} "
+                       f"(pass {option} {path / 'model'}).")
+    if not any(path.iterdir()):
+        raise CLIError(f"{option} {name}: the folder is empty; pass a folder written by save_pretrained.")
+    raise CLIError(f"{option} {name}: no {MODEL_CONFIG} (nor {ADAPTER_CONFIG}) in it, so it is not a model saved "
+                   "with save_pretrained; pass the folder that holds config.json.")
+
+
+def adapter_base(path: str) -> str | None:
+    """For a peft adapter folder: the base model folder it names (checked to exist); None for a full model."""
+    import json
+
+    adapter_config = Path(path) / ADAPTER_CONFIG
+    if (Path(path) / MODEL_CONFIG).is_file() or not adapter_config.is_file():
+        return None
+    base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base or not (Path(base) / MODEL_CONFIG).is_file():
+        raise CLIError(
+            f"{path} is a LoRA adapter whose base model {base!r} is not a local model folder any more; "
+            f"copy the base model back there, or set base_model_name_or_path in {adapter_config}."
+        )
+    return str(base)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
 
 
 def load_tokenizer(path: str, padding_side: str | None = None):
-    """AutoTokenizer from ``path``; a tokenizer without a pad token pads with its EOS token (as for GPT-2)."""
+    """AutoTokenizer from ``path`` (an adapter folder without tokenizer files: its base model's);
+    a tokenizer without a pad token pads with its EOS token (as for GPT-2)."""
     from transformers import AutoTokenizer
 
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        base = adapter_base(path)
+        if base is None:
+            raise CLIError(f"{path} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:2])}, ...); "
+                           "pass the tokenizer's folder with --tokenizer_name_or_path.")
+        path = base
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -78,15 +124,21 @@ def load_tokenizer(path: str, padding_side: str | None = None):
 def is_encoder_decoder(path: str) -> bool:
     from transformers import AutoConfig
 
-    return bool(getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False))
+    return bool(getattr(AutoConfig.from_pretrained(adapter_base(path) or path), "is_encoder_decoder", False))
 
 
 def load_lm(path: str):
-    """AutoModelForCausalLM, or AutoModelForSeq2SeqLM for encoder-decoder folders."""
+    """AutoModelForCausalLM, or AutoModelForSeq2SeqLM for encoder-decoder folders; an adapter folder
+    loads its base model with the adapter merged in (for sampling and as a starting point)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     auto = AutoModelForSeq2SeqLM if is_encoder_decoder(path) else AutoModelForCausalLM
-    return auto.from_pretrained(path)
+    base = adapter_base(path)
+    if base is None:
+        return auto.from_pretrained(path)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(auto.from_pretrained(base), path).merge_and_unload()
 
 
 # ====================================================================== datasets
@@ -287,10 +339,9 @@ def _checked(fn: Callable, spec: str) -> Callable[[list[str]], list[float]]:
 
 def _reward_model(folder: str, batch_size: int, label: str | None, device: str | None):
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(folder, padding_side="right")
-    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    model = load_reward_model(folder)
     if device:
         model.to(device)
     if model.config.pad_token_id is None:
@@ -308,6 +359,33 @@ def _reward_model(folder: str, batch_size: int, label: str | None, device: str |
         return out
 
     return score
+
+
+def load_reward_model(folder: str, option: str = "--reward"):
+    """A trained sequence classifier from ``folder``, in eval mode.
+
+    Refused when its classification head is not in the folder: transformers would initialise it
+    at random and every score would be noise (the usual cause: a causal LM given as a reward).
+    """
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    if not (Path(folder) / MODEL_CONFIG).is_file():
+        raise CLIError(f"{option} {folder}: no {MODEL_CONFIG}; pass a reward model folder (a run's model/ of rlft reward).")
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the load report of a missing head is replaced by the error below
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    new_weights = sorted(set(info.get("missing_keys") or ()) | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ()})
+    if new_weights:
+        raise CLIError(
+            f"{option} {folder}: this is not a trained reward model: its weights {', '.join(new_weights[:3])} are not "
+            "in the folder and would be random. Train one first (rlft reward --model_name_or_path "
+            f"{folder} --dataset pairs.jsonl), then pass {option} <that run>/model."
+        )
+    return model.eval()
 
 
 def _label_index(config, label: str | None, folder: str) -> int:

@@ -203,8 +203,24 @@ def _last_trainer_checkpoint(run: RunDir) -> str:
         from transformers.trainer_utils import get_last_checkpoint as latest_checkpoint
     last = latest_checkpoint(str(run.checkpoints_dir)) if run.checkpoints_dir.is_dir() else None
     if last is None:
-        raise CLIError(f"--resume: no complete checkpoint-<n> folder in {run.checkpoints_dir} to continue from.")
+        raise CLIError(no_checkpoint_message(run, command_of(run)))
     return str(last)
+
+
+def command_of(run: RunDir) -> str:
+    """The command that wrote ``run`` (from its config.yaml header), for messages."""
+    from ._args import _saved_command
+
+    return _saved_command(run.path / "config.yaml") or "<command>"
+
+
+def no_checkpoint_message(run: RunDir, command: str) -> str:
+    """What to do when --resume finds no checkpoint: the run stopped before its first one."""
+    return (
+        f"--resume: {run.path} has no complete checkpoint yet (the run stopped before its first save), so there "
+        f"is nothing to continue. Start it afresh: the same command without --resume, with --overwrite "
+        f"(rlft {command} --config {run.path / 'config.yaml'} --output_dir {run.path} --overwrite)."
+    )
 
 
 def training_arguments_for_run(args, run: RunDir, **changes):

@@ -160,9 +160,6 @@ def run(args: PPOScriptArguments, config) -> dict:
         card_body=summary + "\n\nThe model (with `value_head.safetensors`) is in `model/`; load it with "
         "`AutoModelForCausalLM.from_pretrained(\"model\")`.",
     ), draw_plots=args.plots)
-    if interrupted:
-        print(f"rlft ppo: stopped at step {trainer.current_step} of {config.steps}; saved to {run_dir.path}. "
-              f"Continue with: rlft ppo --output_dir {run_dir.path} --resume")
     return run_result(run_dir, interrupted, written, steps=trainer.current_step)
 
 
@@ -221,6 +218,11 @@ def _load_checkpoint(trainer, run_dir) -> None:
             "--resume for PPO needs PPOTrainer.load_checkpoint, which this version of rlft does not have yet; "
             "start a new run from the saved model instead: --model_name_or_path <run>/model."
         )
+    from ..utils.checkpoint import latest_checkpoint
+    from ._run import no_checkpoint_message
+
+    if not run_dir.checkpoints_dir.is_dir() or latest_checkpoint(run_dir.checkpoints_dir) is None:
+        raise CLIError(no_checkpoint_message(run_dir, "ppo"))
     try:
         trainer.load_checkpoint(str(run_dir.checkpoints_dir))
     except (FileNotFoundError, ValueError) as err:

@@ -49,6 +49,7 @@ def arguments():
 
 def run(args: RewardScriptArguments, config) -> dict:
     """Train as configured; returns a summary (run_dir, steps, interrupted, exit_code, ...)."""
+    import transformers
     from transformers import AutoModelForSequenceClassification
 
     from ..trainer.reward_trainer import RewardTrainer
@@ -64,7 +65,12 @@ def run(args: RewardScriptArguments, config) -> dict:
     sample_pairs = [dict(shown[i]) for i in range(min(args.num_samples, len(shown)))]
 
     run_dir = open_run(config.output_dir, args, "reward", merged_config(args, config))
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the new score head is expected: no load report about it
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     tokenize = _pair_tokenizer(args, tokenizer)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from rlft.cli import COMMANDS, main
-from rlft.cli._args import CLIError, field_docstrings, options_from_signature, parse_command
+from rlft.cli._args import FILLED_FIELDS, INTERNAL_FIELDS, CLIError, field_docstrings, options_from_signature, parse_command
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -49,9 +49,11 @@ def test_command_help_has_every_field_with_a_description(command, capsys):
     out = capsys.readouterr().out
     module = importlib.import_module(COMMANDS[command].module)
     dataclass_types = module.arguments()
-    fields = [f.name for dtype in dataclass_types for f in dataclasses.fields(dtype) if f.init]
+    hidden = INTERNAL_FIELDS | set(FILLED_FIELDS) if command == "ppo" else INTERNAL_FIELDS
+    fields = [f.name for dtype in dataclass_types for f in dataclasses.fields(dtype) if f.init and f.name not in hidden]
     missing = [name for name in fields if not re.search(rf"^  --{name}\b", out, re.M)]
     assert fields and not missing, f"not in rlft {command} --help: {missing}"
+    assert not [name for name in hidden if re.search(rf"^  --{name}\b", out, re.M)]  # derived fields are not options
     assert "--config FILE" in out
     helps = {a.dest: a.help for a in build_parser(command, dataclass_types, "")._actions}
     undocumented = [name for name in fields if not helps.get(name)]
@@ -142,12 +144,13 @@ def test_layering_errors(tmp_path, capsys):
         parse(["--resume"])
     with pytest.raises(CLIError, match="holds no config.yaml"):
         parse(["--resume", "--output_dir", str(tmp_path)])
-    with pytest.raises(SystemExit):  # __post_init__'s error becomes a usage error naming the field
-        parse(["--a", "-1"])
-    assert "Script.a must be >= 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(CLIError, match="Script.a must be >= 0"):  # __post_init__'s error, one line, naming the field
+        parse(["--a", "-1"])  # (a negative number after its option parses as the value)
+    with pytest.raises(CLIError, match="expected a JSON object"):
         parse(["--kwargs", "not json"])
-    assert "expected a JSON object" in capsys.readouterr().err
+    with pytest.raises(CLIError, match=r"unknown option --aa \(did you mean --a\?\)"):
+        parse(["--aa", "1"])
+    assert parse(["--c", "-1e-3"]).c == -1e-3 and parse(["--c=-.5"]).c == -0.5
 
 
 def test_usage_errors_are_one_line_not_tracebacks(tmp_path, capsys):
