@@ -14,10 +14,8 @@ No diffusers import here: the scheduler's tensors come in as arguments.
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -171,40 +169,3 @@ def ddpo_clipped_loss(
 def normalize_advantages(rewards: Tensor, eps: float = ADVANTAGE_STD_EPS) -> Tensor:
     """(r - mean) / (std + eps) over the whole batch. rewards: (B,) -> (B,). Population std, as DDPO."""
     return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)
-
-
-class PerPromptStatTracker:
-    """Normalises each reward by the statistics of recent rewards for the same prompt.
-
-    DDPO (Black et al. 2023, section 5.1 / appendix) normalises advantages per
-    prompt, so that easy prompts do not dominate the update. The tracker keeps the
-    last ``buffer_size`` rewards of every prompt; while a prompt has fewer than
-    ``min_count`` rewards, the statistics of the whole current batch are used.
-    """
-
-    def __init__(self, buffer_size: int, min_count: int):
-        self.buffer_size = buffer_size
-        self.min_count = min_count
-        self.stats: dict[str, deque] = {}
-
-    def update(self, prompts, rewards) -> np.ndarray:
-        """prompts: (B,) strings; rewards: (B,) numbers. Returns the (B,) advantages."""
-        prompts = np.asarray(prompts)
-        rewards = np.asarray(rewards, dtype=np.float64)
-        advantages = np.empty_like(rewards)
-        for prompt in np.unique(prompts):
-            kept = prompts == prompt
-            buffer = self.stats.setdefault(str(prompt), deque(maxlen=self.buffer_size))
-            buffer.extend(rewards[kept].tolist())
-            source = rewards if len(buffer) < self.min_count else np.asarray(buffer)
-            advantages[kept] = (rewards[kept] - source.mean()) / (source.std() + ADVANTAGE_STD_EPS)
-        return advantages
-
-    def get_stats(self) -> dict[str, dict[str, float]]:
-        return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "count": len(v)} for k, v in self.stats.items()}
-
-    def state_dict(self) -> dict:
-        return {"buffer_size": self.buffer_size, "min_count": self.min_count, "stats": {k: list(v) for k, v in self.stats.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.stats = {k: deque(v, maxlen=self.buffer_size) for k, v in state["stats"].items()}

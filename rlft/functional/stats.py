@@ -60,11 +60,48 @@ def masked_var(values: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
         )
     mean = masked_mean(values, mask)
     variance = masked_mean((values - mean) ** 2, mask)
-    if unbiased:
-        if count <= 1:
-            return torch.zeros_like(variance)
-        variance = variance * (count / (count - 1)).to(variance.dtype)
-    return variance
+    return bessel_correction(variance, count) if unbiased else variance
+
+
+def bessel_correction(variance: Tensor, count: Tensor | float) -> Tensor:
+    """The sample variance n / (n - 1) * variance from the population ``variance`` of n = ``count`` elements.
+
+    variance: (); count: () or a number. Defined edge case: n <= 1 gives 0 (a single element does
+    not vary), not a division by zero.
+    """
+    if count <= 1:
+        return torch.zeros_like(variance)
+    count = torch.as_tensor(count, dtype=torch.float32)
+    return variance * (count / (count - 1)).to(variance.dtype)
+
+
+def merge_moments(
+    mean: float, var: float, count: float, batch_mean: float, batch_var: float, batch_count: float
+) -> tuple[float, float, float]:
+    """Mean, population variance and count of two samples together, from each one's moments.
+
+    The pairwise update of Chan, Golub & LeVeque (1979, "Updating formulae and a pairwise
+    algorithm for computing sample variances", eq. 2.1): the sums of squared deviations add,
+    plus delta^2 * n_a * n_b / n for the shift between the two means. Equals the moments of
+    the concatenated samples without keeping them. All arguments and results are numbers.
+    """
+    delta = batch_mean - mean
+    total = count + batch_count
+    m2 = var * count + batch_var * batch_count + delta**2 * count * batch_count / total  # (eq. 2.1b)
+    return mean + delta * batch_count / total, m2 / total, total
+
+
+def whiten_with_moments(values: Tensor, mean: Tensor, var: Tensor, shift_mean: bool = True) -> Tensor:
+    """(values - mean) / sqrt(var + eps): the whitening itself, given the moments to use.
+
+    values: any shape; mean, var: () (or broadcastable). With ``shift_mean=False`` the mean is
+    added back (only the scale is normalised). `masked_whiten` takes the moments of the kept
+    elements; the cross-process whitening of the trainers takes them over every process.
+    """
+    whitened = (values - mean) * torch.rsqrt(var + WHITEN_EPS)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened
 
 
 def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
@@ -73,11 +110,7 @@ def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True) -> Tens
     With ``shift_mean=False`` the mean is added back (only the scale is normalised),
     which is how PPO whitens rewards without changing their sign on average.
     """
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
-    whitened = (values - mean) * torch.rsqrt(var + WHITEN_EPS)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened
+    return whiten_with_moments(values, masked_mean(values, mask), masked_var(values, mask), shift_mean=shift_mean)
 
 
 def whiten(values: Tensor, shift_mean: bool = True) -> Tensor:

@@ -11,7 +11,7 @@ _EXPORTS = {
     "AdaptiveKLController": ".kl_control",
     "FixedKLController": ".kl_control",
     "BaseTrainer": ".base",
-    "RunningMoments": "rlft.functional.running",
+    "RunningMoments": "rlft.utils.running",
     # shared helpers (TRL exported them from trl.trainer too)
     "disable_dropout_in_model": "._helpers",
     "peft_module_casting_to_bf16": "._model_helpers",

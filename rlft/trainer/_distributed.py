@@ -54,11 +54,14 @@ def get_global_statistics(accelerator, xs: Tensor, mask: Tensor | None = None, d
     processes' kept elements concatenated. TRL 0.7.10 summed masked-out elements into the
     mean; here they count nowhere.
     """
+    from ..functional.stats import masked_sum
+
     xs = xs.to(accelerator.device)
-    weight = torch.ones_like(xs) if mask is None else mask.to(xs.device, xs.dtype)
-    total, count = accelerator.reduce(torch.stack([(xs * weight).sum(), weight.sum()]), reduction="sum")
+    weight = torch.ones_like(xs) if mask is None else torch.broadcast_to(mask.to(xs.device, xs.dtype), xs.shape)
+    # masked_sum selects the kept elements, so NaN/inf in masked-out padding never reaches the sums.
+    total, count = accelerator.reduce(torch.stack([masked_sum(xs, weight), weight.sum()]), reduction="sum")
     mean = total / count
-    var = accelerator.reduce(((xs - mean) ** 2 * weight).sum(), reduction="sum") / count
+    var = accelerator.reduce(masked_sum((xs - mean) ** 2, weight), reduction="sum") / count
     return mean.to(device), var.to(device), count.to(device)
 
 
@@ -90,20 +93,17 @@ def masked_whiten_over_processes(values: Tensor, mask: Tensor, accelerator, shif
     """`rlft.functional.masked_whiten` with the mean and variance of the kept elements of *all* processes.
 
     values, mask: (B, T); B and T may differ between processes. With one process this
-    is exactly ``masked_whiten``; with several, a global batch split over processes is
-    whitened as it would be on one process (up to summation order), so each process's
-    share of the batch does not get its own scale.
+    is exactly ``masked_whiten``; with several, only the moments are reduced across
+    processes (`get_global_statistics`) and the whitening itself is the same
+    `whiten_with_moments`, so a global batch split over processes is whitened as it would
+    be on one process (up to summation order).
     """
-    from ..functional import masked_whiten
-    from ..functional.stats import WHITEN_EPS
+    from ..functional.stats import bessel_correction, masked_whiten, whiten_with_moments
 
     if not is_distributed(accelerator):
         return masked_whiten(values, mask, shift_mean=shift_mean)
     mean, var, count = get_global_statistics(accelerator, values, torch.broadcast_to(mask, values.shape), device=values.device)
     if count == 0:
         raise ValueError("masked_whiten_over_processes: no kept element on any process (every response is masked).")
-    # Bessel's correction n / (n - 1), as masked_var applies it.
-    var = var * count / (count - 1) if count > 1 else torch.zeros_like(var)
-    mean, var = mean.to(values.dtype), var.to(values.dtype)
-    whitened = (values - mean) * torch.rsqrt(var + WHITEN_EPS)
-    return whitened + mean if not shift_mean else whitened
+    var = bessel_correction(var, count)  # unbiased, as masked_var
+    return whiten_with_moments(values, mean.to(values.dtype), var.to(values.dtype), shift_mean=shift_mean)

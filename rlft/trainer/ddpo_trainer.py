@@ -30,8 +30,9 @@ require("diffusers", "DDPO (rlft.DDPOTrainer)")
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import ProjectConfiguration, set_seed  # noqa: E402
 
-from ..functional.ddpo import PerPromptStatTracker, ddpo_clipped_loss, normalize_advantages  # noqa: E402
+from ..functional.ddpo import ddpo_clipped_loss, normalize_advantages  # noqa: E402
 from ..models.modeling_sd_base import DDPOStableDiffusionPipeline  # noqa: E402
+from ..utils.running import PerPromptStatTracker  # noqa: E402
 from .ddpo_config import DDPOConfig  # noqa: E402
 
 CHECKPOINT_PREFIX = "checkpoint_"

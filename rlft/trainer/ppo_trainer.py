@@ -35,7 +35,7 @@ from ..core import PPODecorators, WANDB_PADDING, convert_to_scalar, flatten_dict
 from ..functional import masked_mean, masked_var
 from ..functional.logprobs import entropy_from_logits, selected_log_probs
 from ..functional.ppo import approx_kl, gae, kl_full, kl_penalty, per_token_rewards, policy_loss, value_loss
-from ..functional.running import RunningMoments
+from ..utils.running import RunningMoments
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper, create_reference_model
 from ..utils.faults import NonFiniteGuard, grad_norm, is_out_of_memory, nonfinite_names, out_of_memory_error
 from ..utils.resumable import ResumableDataLoader, ResumableSampler

@@ -5,7 +5,7 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "AdaptiveKLController": "rlft.trainer.kl_control",
     "FixedKLController": "rlft.trainer.kl_control",
-    "RunningMoments": "rlft.functional.running",
+    "RunningMoments": "rlft.utils.running",
     "ConstantLengthDataset": "rlft.data.sft",
     "DataCollatorForCompletionOnlyLM": "rlft.data.sft",
     "RewardDataCollatorWithPadding": "rlft.data.reward",
@@ -15,7 +15,7 @@ _EXPORTS = {
     "disable_dropout_in_model": "rlft.trainer._helpers",
     "exact_div": "rlft.trainer._helpers",
     "pad": "rlft.trainer._helpers",
-    "PerPromptStatTracker": "rlft.functional.ddpo",
+    "PerPromptStatTracker": "rlft.utils.running",
     "get_global_statistics": "rlft.trainer._distributed",
     "neftune_post_forward_hook": "rlft.trainer._model_helpers",
     "peft_module_casting_to_bf16": "rlft.trainer._model_helpers",

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from rlft.functional.ddpo import (
-    PerPromptStatTracker,
     ddim_step_with_logprob,
     ddpo_clipped_loss,
     gaussian_log_prob,
@@ -156,19 +154,8 @@ def test_clipped_loss_gradient_vanishes_outside_clip():
     assert lp.grad[0].item() == 0 and lp.grad[1].item() == pytest.approx(-0.5)
 
 
-def test_normalize_advantages_and_per_prompt_tracker():
+def test_normalize_advantages():
     adv = normalize_advantages(torch.tensor([1.0, 2.0, 3.0]))
     assert torch.allclose(adv, torch.tensor([-1.2247, 0.0, 1.2247]), atol=1e-3)
     assert torch.equal(normalize_advantages(torch.ones(3)), torch.zeros(3))
-    tracker = PerPromptStatTracker(buffer_size=4, min_count=2)
-    # "a" has 2 rewards -> its own stats; "b" has 1 (< min_count) -> the batch stats
-    got = tracker.update(["a", "a", "b"], [1.0, 3.0, 5.0])
-    batch = np.array([1.0, 3.0, 5.0])
-    assert np.allclose(got[:2], [-1, 1], atol=1e-5)
-    assert np.isclose(got[2], (5 - batch.mean()) / (batch.std() + 1e-6))
-    tracker.update(["a"] * 5, [0.0] * 5)
-    assert list(tracker.stats["a"]) == [0.0] * 4  # bounded buffer
-    state = tracker.state_dict()
-    clone = PerPromptStatTracker(4, 2)
-    clone.load_state_dict(state)
-    assert np.allclose(clone.update(["a", "b"], [1.0, 2.0]), tracker.update(["a", "b"], [1.0, 2.0]))
+    # PerPromptStatTracker (stateful) is tested in tests/utils/test_running.py.
