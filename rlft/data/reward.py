@@ -56,9 +56,21 @@ class RewardDataCollatorWithPadding:
         if any(has_margin) and not all(has_margin):
             raise ValueError("RewardDataCollatorWithPadding: some examples have a 'margin' and some do not.")
         if all(has_margin):
-            batch["margin"] = torch.tensor([float(f["margin"]) for f in features], dtype=torch.float)
+            batch["margin"] = torch.tensor([_margin_value(f["margin"], i) for i, f in enumerate(features)], dtype=torch.float)
         batch["return_loss"] = True
         return batch
+
+
+def _margin_value(margin: Any, index: int) -> float:
+    """One pair's margin as a float: a number, or a one-element list / array / tensor (TRL 0.7 stacked
+    such margins as they came; datasets built with ``[[m] for m in ...]`` are common)."""
+    values = np.asarray(margin.detach().cpu() if isinstance(margin, torch.Tensor) else margin, dtype=float).reshape(-1)
+    if values.size != 1:
+        raise ValueError(
+            f"RewardDataCollatorWithPadding: example {index} has a margin with {values.size} values ({str(margin)[:60]}); "
+            "give one number per pair (a float or a one-element list)."
+        )
+    return float(values[0])
 
 
 def compute_accuracy(eval_pred) -> dict[str, float]:

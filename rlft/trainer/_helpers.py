@@ -1,6 +1,11 @@
-"""Small trainer helpers TRL 0.7.10 exported from ``trl.trainer.utils``."""
+"""Small trainer helpers: those TRL 0.7.10 exported from ``trl.trainer.utils``, and the one copy of
+the padding, pad-id and per-model-check plumbing every trainer uses."""
 
 from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,18 +55,34 @@ def pad(tensors: list[Tensor], padding_value: int | float = 0, padding_side: str
     return out
 
 
-def wrap_peft(model: nn.Module, peft_config, args, owner: str) -> nn.Module:
-    """``get_peft_model(model, peft_config)`` for a plain model, with a clear error for an adapted one.
+def pad_with_mask(seqs: Sequence[Tensor], padding_value: int, padding_side: str = "right") -> tuple[Tensor, Tensor]:
+    """Stack ragged 1-D token tensors into ids (n, max L) padded with ``padding_value`` on ``padding_side``,
+    and the 0/1 attention mask (n, max L) that marks the real tokens."""
+    ids = pad(list(seqs), padding_value=padding_value, padding_side=padding_side)
+    mask = pad([torch.ones_like(s, dtype=torch.long) for s in seqs], padding_value=0, padding_side=padding_side)
+    return ids, mask
 
-    With gradient checkpointing, the (frozen) embeddings are made to output a tensor that requires
-    grad, which checkpointed blocks need. ``owner`` names the trainer in error messages.
+
+def pad_token_id_or_eos(tokenizer: Any, default: int | None = None) -> int | None:
+    """The id to pad with: the tokenizer's pad token, else its EOS token (what GPT-2 users set), else ``default``."""
+    for value in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if value is not None:
+            return int(value)
+    return default
+
+
+class PerModelCheck:
+    """A yes/no property of a model, computed once per model object by ``probe(model)``.
+
+    Keyed weakly by the model itself, so a freed model's answer goes with it and a new model
+    that reuses its memory address is probed afresh (an ``id(model)`` key would not be).
     """
-    try:
-        from peft import PeftModel, get_peft_model
-    except ImportError as err:  # pragma: no cover - peft is a dependency
-        raise ImportError(f"{owner}: peft_config needs the peft package (pip install peft).") from err
-    if isinstance(model, PeftModel):
-        raise ValueError(f"{owner}: the model is already a PeftModel; pass peft_config=None or the base model.")
-    if getattr(args, "gradient_checkpointing", False) and hasattr(model, "enable_input_require_grads"):
-        model.enable_input_require_grads()
-    return get_peft_model(model, peft_config)
+
+    def __init__(self, probe: Callable[[nn.Module], bool]):
+        self._probe = probe
+        self._answers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __call__(self, model: nn.Module) -> bool:
+        if model not in self._answers:
+            self._answers[model] = bool(self._probe(model))
+        return self._answers[model]

@@ -1,7 +1,7 @@
-"""Model helpers TRL 0.7.10 exported from ``trl.trainer.utils`` that rlft's trainers do not call.
-
-They are kept for code written against TRL: a NEFTune forward hook, bf16 casting of a PEFT
-model, and hub tags for ``push_to_hub``.
+"""Model helpers: `unwrap_base_model`, the one way rlft reaches the transformers model under its
+wrappers, and helpers TRL 0.7.10 exported from ``trl.trainer.utils`` that rlft's trainers do not
+call, kept for code written against TRL: a NEFTune forward hook, bf16 casting of a PEFT model,
+and hub tags for ``push_to_hub``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,20 @@ import torch
 from torch import Tensor, nn
 
 from ..import_utils import is_unsloth_available
+
+def unwrap_base_model(model: nn.Module) -> nn.Module:
+    """The transformers model under every wrapper: DDP / DeepSpeed / ``torch.compile`` (as
+    ``accelerator.unwrap_model``), then a value-head wrapper (``.pretrained_model``), then a peft model
+    (``get_base_model()``). A plain model comes back unchanged."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)
+    inner = getattr(model, "pretrained_model", None)
+    model = inner if isinstance(inner, nn.Module) else model
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
 
 #: Module-name fragments of token embeddings and output heads (GPT-2, Llama, ...), cast like
 #: the adapters so that they match the bf16 activations around them.

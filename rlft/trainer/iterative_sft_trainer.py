@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import gc
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +21,15 @@ from ..data.sft import IGNORE_INDEX
 from ._helpers import pad
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
+
+
+def _column_type() -> type:
+    """``datasets``' Column (what ``dataset["column"]`` returns in datasets 4+), or a type nothing is."""
+    try:
+        from datasets.arrow_dataset import Column
+    except ImportError:
+        return type(None)
+    return Column
 
 
 class IterativeSFTTrainer(Trainer):
@@ -131,13 +139,27 @@ class IterativeSFTTrainer(Trainer):
         return ids[-self.max_length :] if self.truncation_mode == "keep_end" else ids[: self.max_length]
 
     @staticmethod
-    def _check_list(name: str, value, n: int | None = None, kind=torch.Tensor) -> None:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"IterativeSFTTrainer.step: {name} must be a list, got {type(value).__name__}.")
-        if not all(isinstance(v, kind) for v in value):
-            raise TypeError(f"IterativeSFTTrainer.step: {name} must be a list of {kind.__name__}.")
-        if n is not None and len(value) != n:
-            raise ValueError(f"IterativeSFTTrainer.step: {name} has {len(value)} entries, expected {n}.")
+    def _as_list(name: str, value, n: int | None = None, kind=torch.Tensor) -> list:
+        """``value`` as a list of ``kind``, from any sequence TRL 0.7's list stood for.
+
+        Accepted: a list or tuple, a ``datasets`` Column (what ``dataset["input_ids"]`` returns
+        today), or, for token ids, a 2-D tensor (one row per example); token rows given as lists
+        of ints become tensors.
+        """
+        if isinstance(value, torch.Tensor) and kind is torch.Tensor:
+            if value.dim() != 2:
+                raise TypeError(f"IterativeSFTTrainer.step: {name} as one tensor must be 2-D (examples, tokens), got shape {tuple(value.shape)}.")
+            value = list(value)
+        elif isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, (Sequence, _column_type())):
+            raise TypeError(f"IterativeSFTTrainer.step: {name} must be a sequence (list, tuple, datasets Column), got {type(value).__name__}.")
+        items = list(value)
+        if kind is torch.Tensor:
+            items = [torch.as_tensor(v) if isinstance(v, (list, tuple)) and all(isinstance(t, int) for t in v) else v for v in items]
+        if not all(isinstance(v, kind) for v in items):
+            raise TypeError(f"IterativeSFTTrainer.step: {name} must be a list of {kind.__name__} (or another sequence of them).")
+        if n is not None and len(items) != n:
+            raise ValueError(f"IterativeSFTTrainer.step: {name} has {len(items)} entries, expected {n}.")
+        return items
 
     def _build_examples(self, input_ids, attention_mask, labels, texts, texts_labels) -> list[dict[str, torch.Tensor]]:
         """Validate the step inputs and turn them into one dict of 1-D tensors per example."""
@@ -146,23 +168,23 @@ class IterativeSFTTrainer(Trainer):
         if texts is not None:
             if attention_mask is not None or labels is not None:
                 raise ValueError("IterativeSFTTrainer.step: with texts, give labels as texts_labels (not attention_mask or labels).")
-            self._check_list("texts", texts, kind=str)
+            texts = self._as_list("texts", texts, kind=str)
             if texts_labels is not None:
-                self._check_list("texts_labels", texts_labels, len(texts), kind=str)
-            enc = self.processing_class(list(texts))
+                texts_labels = self._as_list("texts_labels", texts_labels, len(texts), kind=str)
+            enc = self.processing_class(texts)
             input_ids = [torch.tensor(x) for x in enc["input_ids"]]
             attention_mask = [torch.tensor(x) for x in enc["attention_mask"]]
             if texts_labels is not None:
-                labels = [torch.tensor(x) for x in self.processing_class(list(texts_labels))["input_ids"]]
+                labels = [torch.tensor(x) for x in self.processing_class(texts_labels)["input_ids"]]
         else:
             if texts_labels is not None:
                 raise ValueError("IterativeSFTTrainer.step: texts_labels goes with texts, not with input_ids.")
-            self._check_list("input_ids", input_ids)
+            input_ids = self._as_list("input_ids", input_ids)
             n = len(input_ids)
             if attention_mask is not None:
-                self._check_list("attention_mask", attention_mask, n)
+                attention_mask = self._as_list("attention_mask", attention_mask, n)
             if labels is not None:
-                self._check_list("labels", labels, n)
+                labels = self._as_list("labels", labels, n)
         if len(input_ids) == 0:
             raise ValueError("IterativeSFTTrainer.step: got an empty batch.")
         if attention_mask is None:
@@ -181,17 +203,31 @@ class IterativeSFTTrainer(Trainer):
             examples.append({"input_ids": self._truncate(x), "attention_mask": self._truncate(m), "labels": self._truncate(y)})
         return examples
 
+    def prepare_model_inputs(self, input_ids, attention_mask=None, labels=None) -> dict[str, torch.Tensor]:
+        """Turn one batch of per-example token tensors into padded model inputs on the model's device.
+
+        The public helper of TRL 0.7.10's ``step``. input_ids, attention_mask, labels: sequences
+        (as for `step`) of 1-D tensors; ``attention_mask`` defaults to all ones and ``labels`` to
+        the input ids (causal models). Each example is truncated to ``max_length`` per
+        ``truncation_mode``, then the data collator pads them. Returns ``input_ids``,
+        ``attention_mask`` and ``labels`` (B, L), with -100 where no loss is taken.
+        """
+        examples = self._build_examples(input_ids, attention_mask, labels, None, None)
+        batch = self.data_collator(examples)
+        return {k: v.to(self.accelerator.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
+
     # ----------------------------------------------------------------- step
 
     def step(self, input_ids=None, attention_mask=None, labels=None, texts=None, texts_labels=None) -> dict[str, Any]:
         """Run optimisation steps on one batch given as tensors or as texts.
 
-        input_ids, attention_mask, labels: lists of 1-D LongTensors (labels default to input_ids
-        for causal models; -100 marks tokens left out of the loss). texts, texts_labels: lists of
-        str instead (texts_labels default to the texts for causal models). Seq2seq models need
+        input_ids, attention_mask, labels: sequences (list, tuple, datasets Column, or a 2-D
+        tensor) of 1-D LongTensors (labels default to input_ids for causal models; -100 marks
+        tokens left out of the loss). texts, texts_labels: sequences of str instead (texts_labels default to the texts for causal models). Seq2seq models need
         labels or texts_labels. The batch is split into ``args.per_device_train_batch_size``
         minibatches; the optimiser steps every ``args.gradient_accumulation_steps`` of them.
-        Returns {"loss", "learning_rate", "global_step", "num_minibatches"}.
+        Returns {"loss", "learning_rate", "global_step", "num_minibatches"}. As in TRL 0.7,
+        the optimiser's ``zero_grad`` follows each optimiser step, so ``.grad`` is None afterwards.
         """
         # 1. validate and tokenise
         examples = self._build_examples(input_ids, attention_mask, labels, texts, texts_labels)

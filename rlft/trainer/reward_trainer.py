@@ -15,7 +15,9 @@ from ..data.dpo import pad_to_length
 from ..data.packing import last_non_pad_positions, pack_padded
 from ..data.reward import REWARD_COLUMNS, RewardDataCollatorWithPadding, compute_accuracy
 from ..functional.reward import pairwise_reward_loss
-from ._helpers import wrap_peft
+from ..models._peft import wrap_peft
+from ._helpers import PerModelCheck
+from ._model_helpers import unwrap_base_model
 from .reward_config import RewardConfig
 
 #: Optional per-pair column: how much r_chosen should exceed r_rejected (Llama 2 reward loss).
@@ -41,8 +43,12 @@ class RewardTrainer(Trainer):
         preprocess_logits_for_metrics: as in ``transformers.Trainer``.
         max_length: deprecated in TRL 0.7 in favour of ``RewardConfig.max_length``; pairs with a
             side longer than this are dropped before training, and the count is reported.
-        peft_config: a ``peft.PeftConfig``; the model is wrapped with ``get_peft_model``.
+        peft_config: a ``peft.PeftConfig``; the model is wrapped with ``get_peft_model`` (an
+            existing adapter is merged first, with a warning: `rlft.models._peft.wrap_peft`).
         processing_class: the tokenizer.
+        padding_free: score chosen and rejected in one forward without padding when that gives
+            the padded forwards' rewards (checked once per model; default True). False: always
+            the two padded forwards.
     """
 
     def __init__(
@@ -62,6 +68,7 @@ class RewardTrainer(Trainer):
         peft_config: Any = None,
         *,
         processing_class: Any = None,
+        padding_free: bool = True,
     ):
         # check arguments
         processing_class = resolve_processing_class(tokenizer, processing_class, "RewardTrainer")
@@ -73,7 +80,7 @@ class RewardTrainer(Trainer):
 
         # model
         if peft_config is not None:
-            model = wrap_peft(model, peft_config, args, "RewardTrainer")
+            model = wrap_peft(model, peft_config, owner="RewardTrainer", gradient_checkpointing=args.gradient_checkpointing)
         if model is not None and getattr(getattr(model, "config", None), "pad_token_id", "absent") is None:
             if processing_class is not None and processing_class.pad_token_id is not None:
                 warnings.warn(
@@ -98,6 +105,8 @@ class RewardTrainer(Trainer):
         else:
             eval_dataset = self._check_and_filter(eval_dataset, max_length, "eval")
         self.max_length = max_length
+        self.padding_free = padding_free
+        self._packing_is_exact = PerModelCheck(self._packing_probe)
 
         # optimizer and accelerator (transformers.Trainer)
         super().__init__(
@@ -198,7 +207,7 @@ class RewardTrainer(Trainer):
         position the model's own pooling reads (its rightmost non-pad token). None when the
         batch is left-padded or packing saves no row.
         """
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        inner = unwrap_base_model(model)
         pad = inner.config.pad_token_id
         ids_c, ids_r = inputs["input_ids_chosen"], inputs["input_ids_rejected"]
         width = max(ids_c.shape[1], ids_r.shape[1])
@@ -219,18 +228,15 @@ class RewardTrainer(Trainer):
         """Whether `_packed_rewards` may stand in for `_padded_rewards` with this model (checked once per model).
 
         Needs an unwrapped (no DDP) model with a linear ``score`` head over ``base_model`` and a
-        pad token; then a probe batch must give the padded forward's rewards. Set
-        ``trainer.padding_free = False`` to always take the padded forwards.
+        pad token; then a probe batch must give the padded forward's rewards. ``padding_free=False``
+        always takes the padded forwards.
         """
-        if not getattr(self, "padding_free", True) or model is not self.accelerator.unwrap_model(model):
+        if not self.padding_free or model is not self.accelerator.unwrap_model(model):
             return False
-        checked = self.__dict__.setdefault("_packing_checked", {})
-        if id(model) not in checked:
-            checked[id(model)] = (model, self._packing_probe(model))  # the model is kept so its id stays unique
-        return checked[id(model)][1]
+        return self._packing_is_exact(model)
 
     def _packing_probe(self, model) -> bool:
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        inner = unwrap_base_model(model)
         pad = getattr(getattr(inner, "config", None), "pad_token_id", None)
         if pad is None or not isinstance(getattr(inner, "score", None), nn.Linear) or not hasattr(inner, "base_model"):
             return False

@@ -22,10 +22,13 @@ from .._compat import resolve_processing_class
 from ..data.packing import pack_padded, packed_attention_is_exact
 from ..data.sft import IGNORE_INDEX, ConstantLengthDataset, DataCollatorForCausalLMKeepEOS
 from ..extras.dataset_formatting import get_formatting_func_from_dataset
-from ._helpers import wrap_peft
+from ..models._peft import wrap_peft
+from ._helpers import PerModelCheck
+from ._model_helpers import unwrap_base_model
 
-#: max_seq_length when the user gives none (TRL 0.7.10 documents 512).
-DEFAULT_MAX_SEQ_LENGTH = 512
+#: Cap of max_seq_length when the user gives none: min(tokenizer.model_max_length, 1024), as TRL
+#: 0.7.10's code did (its docs said 512, which is what the cap gives for a 512-token tokenizer).
+MAX_SEQ_LENGTH_CAP = 1024
 
 #: Keys accepted in ``dataset_kwargs`` and their defaults.
 DATASET_KWARGS_DEFAULTS = {
@@ -70,7 +73,7 @@ class SFTTrainer(Trainer):
         packing: pack examples into chunks of ``max_seq_length`` tokens (default False).
         formatting_func: builds the text; per example when packing, per batch (returning a list
             of str) otherwise.
-        max_seq_length: truncation / chunk length in tokens (default 512 when None).
+        max_seq_length: truncation / chunk length in tokens; None: ``min(tokenizer.model_max_length, 1024)``.
         infinite: packing only: repeat the dataset without end (keeps it an iterable; default False).
         num_of_sequences: packing buffer size in chunks (default 1024).
         chars_per_token: packing buffer estimate (default 3.6).
@@ -80,6 +83,9 @@ class SFTTrainer(Trainer):
         model_init_kwargs: keyword arguments for loading ``model`` when it is a string.
         dataset_kwargs: options for data preparation; keys in ``DATASET_KWARGS_DEFAULTS``.
         processing_class: the tokenizer.
+        padding_free: let padded training batches go through the model without their padding
+            when that gives the same loss (checked once per model; default True). False: always
+            the plain padded forward.
     """
 
     def __init__(
@@ -110,6 +116,7 @@ class SFTTrainer(Trainer):
         dataset_kwargs: dict | None = None,
         *,
         processing_class: Any = None,
+        padding_free: bool = True,
     ):
         # check arguments
         processing_class = resolve_processing_class(tokenizer, processing_class, "SFTTrainer")
@@ -119,10 +126,7 @@ class SFTTrainer(Trainer):
         if unknown:
             raise TypeError(f"SFTTrainer: unknown dataset_kwargs {sorted(unknown)}; accepted: {sorted(DATASET_KWARGS_DEFAULTS)}.")
         data_options = {**DATASET_KWARGS_DEFAULTS, **(dataset_kwargs or {})}
-        if max_seq_length is None:
-            warnings.warn(f"SFTTrainer: max_seq_length not set; using {DEFAULT_MAX_SEQ_LENGTH} tokens.", UserWarning, stacklevel=2)
-            max_seq_length = DEFAULT_MAX_SEQ_LENGTH
-        if max_seq_length <= 0:
+        if max_seq_length is not None and max_seq_length <= 0:
             raise ValueError(f"SFTTrainer: max_seq_length must be positive, got {max_seq_length}.")
         if neftune_noise_alpha is not None and neftune_noise_alpha < 0:
             raise ValueError(f"SFTTrainer: neftune_noise_alpha must be >= 0, got {neftune_noise_alpha}.")
@@ -133,7 +137,7 @@ class SFTTrainer(Trainer):
         elif model_init_kwargs:
             raise ValueError("SFTTrainer: model_init_kwargs only apply when model is a name or path; the model is already built.")
         if peft_config is not None:
-            model = wrap_peft(model, peft_config, args, "SFTTrainer")
+            model = wrap_peft(model, peft_config, owner="SFTTrainer", gradient_checkpointing=args.gradient_checkpointing)
         if model is None and model_init is None:
             raise ValueError("SFTTrainer: pass a model (object, name or path) or a model_init.")
 
@@ -146,6 +150,9 @@ class SFTTrainer(Trainer):
         if processing_class.pad_token is None:
             warnings.warn("SFTTrainer: the tokenizer has no pad token; using its EOS token for padding (EOS stays in the labels).", UserWarning, stacklevel=2)
             processing_class.pad_token = processing_class.eos_token
+        if max_seq_length is None:
+            max_seq_length = min(processing_class.model_max_length, MAX_SEQ_LENGTH_CAP)
+            warnings.warn(f"SFTTrainer: max_seq_length not set; using {max_seq_length} tokens.", UserWarning, stacklevel=2)
 
         # data
         if packing and model is not None and not self._accepts_position_ids(model) and data_options["reset_position_ids"]:
@@ -168,6 +175,9 @@ class SFTTrainer(Trainer):
         self.max_seq_length = max_seq_length
         self.dataset_text_field = dataset_text_field
         self.formatting_func = formatting_func
+        self.padding_free = padding_free
+        self._packing_is_exact = PerModelCheck(packed_attention_is_exact)
+        self._takes_use_cache = PerModelCheck(_takes_use_cache)
 
         # optimizer and accelerator (transformers.Trainer)
         super().__init__(
@@ -189,22 +199,14 @@ class SFTTrainer(Trainer):
         A right-padded batch of the default collator's keys is packed into fewer rows
         (`rlft.data.packing`) when the model keeps packed sequences apart (checked once): the
         loss sums the same (context, next token) pairs and divides by the same count, so it
-        equals the padded loss. ``trainer.padding_free = False`` turns the re-layout off.
+        equals the padded loss. ``padding_free=False`` turns the re-layout off.
         """
         if not return_outputs and self._can_pack(model, inputs):
             inputs = self._packed_inputs(model, inputs)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
-    def _takes_use_cache(self, model) -> bool:
-        takes = self.__dict__.setdefault("_takes_use_cache_by_model", {})
-        if id(model) not in takes:
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            params = inspect.signature(base.forward).parameters
-            takes[id(model)] = (model, "use_cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()))
-        return takes[id(model)][1]
-
     def _can_pack(self, model, inputs) -> bool:
-        if not getattr(self, "padding_free", True) or getattr(self, "neftune_noise_alpha", None) is not None:
+        if not self.padding_free or getattr(self, "neftune_noise_alpha", None) is not None:
             return False  # NEFTune's noise scale depends on the padded shape
         if set(inputs) != {"input_ids", "attention_mask", "labels"}:
             return False  # not the default collator's batch: leave it as it is
@@ -213,10 +215,7 @@ class SFTTrainer(Trainer):
             return False  # no padding, or left padding (whose shifted positions packing would not keep)
         if not self._accepts_position_ids(model):
             return False
-        checked = self.__dict__.setdefault("_packing_checked", {})
-        if id(model) not in checked:
-            checked[id(model)] = (model, packed_attention_is_exact(model))  # the model is kept so its id stays unique
-        return checked[id(model)][1]
+        return self._packing_is_exact(model)
 
     def _packed_inputs(self, model, inputs: dict) -> dict:
         packed = pack_padded(inputs["input_ids"], inputs["attention_mask"], self.processing_class.pad_token_id or 0)
@@ -237,8 +236,7 @@ class SFTTrainer(Trainer):
 
     @staticmethod
     def _accepts_position_ids(model) -> bool:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return "position_ids" in inspect.signature(base.forward).parameters
+        return "position_ids" in inspect.signature(unwrap_base_model(model).forward).parameters
 
     @staticmethod
     def _prepare_dataset(dataset, *, split, tokenizer, packing, dataset_text_field, formatting_func, max_seq_length,
@@ -315,3 +313,9 @@ class SFTTrainer(Trainer):
             tokenize, batched=True, remove_columns=dataset.column_names, num_proc=num_proc,
             batch_size=batch_size if batch_size and batch_size > 0 else None,
         )
+
+
+def _takes_use_cache(model) -> bool:
+    """Whether the model's forward takes ``use_cache`` (by name or through ``**kwargs``)."""
+    params = inspect.signature(unwrap_base_model(model).forward).parameters
+    return "use_cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
