@@ -8,6 +8,7 @@ without its extra raises an ImportError that says which extra to install.
 from __future__ import annotations
 
 from importlib.util import find_spec as _find_spec
+from os import environ as _environ
 
 from ._lazy import lazy_exports
 
@@ -43,6 +44,11 @@ _EXPORTS: dict[str, str] = {
     "DDPOStableDiffusionPipeline": ".models.modeling_sd_base",
     "DefaultDDPOStableDiffusionPipeline": ".models.modeling_sd_base",
     "BestOfNSampler": ".extras.best_of_n_sampler",
+    # opt-in translation of transformers 4 spellings (docs/legacy.md)
+    "enable_legacy_mode": ".legacy",
+    "disable_legacy_mode": ".legacy",
+    "legacy_mode": ".legacy",
+    "is_legacy_mode_enabled": ".legacy",
     "TextEnvironment": ".environment",
     "TextHistory": ".environment",
 }
@@ -55,3 +61,10 @@ __all__ = sorted(n for n in _EXPORTS if _HAS_DIFFUSERS or n not in _NEEDS_DIFFUS
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+# RLFT_LEGACY=1 turns legacy mode on for scripts that cannot call rlft.enable_legacy_mode() (docs/legacy.md).
+if _environ.get("RLFT_LEGACY"):
+    from .legacy import enable_legacy_mode as _enable_legacy_mode, legacy_mode_requested as _legacy_mode_requested
+
+    if _legacy_mode_requested():
+        _enable_legacy_mode()
