@@ -72,6 +72,7 @@ def _dispatch(name: str, argv: list[str]) -> int:
     from ._args import CLIError, parse_command
 
     _quiet_library_progress_bars()
+    _quiet_known_noise()
     output_dir = None
     existed = True
     try:
@@ -114,6 +115,16 @@ def _remove_unstarted_run(output_dir: str | None, existed: bool) -> None:
     checkpoints = path / "checkpoints"
     if path.is_dir() and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _quiet_known_noise() -> None:
+    """Warnings that every run would print and that no user can act on (real warnings stay)."""
+    import warnings
+
+    # peft 0.21 reads transformers 5's deprecated is_gradient_checkpointing when it adds an adapter.
+    warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # rlft ppo feeds PPOTrainer.step itself, so PPOTrainer's "no dataset" reminder does not apply.
+    warnings.filterwarnings("ignore", message=r"No dataset is provided: PPOTrainer.dataloader is None", category=UserWarning)
 
 
 def _quiet_library_progress_bars() -> None:

@@ -127,18 +127,37 @@ def is_encoder_decoder(path: str) -> bool:
     return bool(getattr(AutoConfig.from_pretrained(adapter_base(path) or path), "is_encoder_decoder", False))
 
 
-def load_lm(path: str):
+def load_lm(path: str, tokenizer=None):
     """AutoModelForCausalLM, or AutoModelForSeq2SeqLM for encoder-decoder folders; an adapter folder
-    loads its base model with the adapter merged in (for sampling and as a starting point)."""
+    loads its base model with the adapter merged in (for sampling and as a starting point).
+
+    With ``tokenizer``, the model's pad token is set to the tokenizer's (see `align_pad_token`).
+    """
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     auto = AutoModelForSeq2SeqLM if is_encoder_decoder(path) else AutoModelForCausalLM
     base = adapter_base(path)
     if base is None:
-        return auto.from_pretrained(path)
-    from peft import PeftModel
+        model = auto.from_pretrained(path)
+    else:
+        from peft import PeftModel
 
-    return PeftModel.from_pretrained(auto.from_pretrained(base), path).merge_and_unload()
+        model = PeftModel.from_pretrained(auto.from_pretrained(base), path).merge_and_unload()
+    if tokenizer is not None:
+        align_pad_token(model, tokenizer)
+    return model
+
+
+def align_pad_token(model, tokenizer) -> None:
+    """Give the model (config and generation config) the tokenizer's pad token.
+
+    `load_tokenizer` pads with EOS when a tokenizer has no pad token; a model config that still
+    says pad=None makes transformers' Trainer "align" it with a warning on every run.
+    """
+    model.config.pad_token_id = tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.pad_token_id = tokenizer.pad_token_id
 
 
 # ====================================================================== datasets

@@ -285,6 +285,23 @@ def finish_run(run: RunDir, finish: Finish, draw_plots: bool = True) -> dict:
     return written
 
 
+def model_loading_note(run: RunDir, model_path: str, adapter: bool, value_head: bool = True) -> str:
+    """Model-card text: what ``model/`` holds and the one line that loads it (a LoRA adapter needs its base model)."""
+    from pathlib import Path
+
+    head = " with its value head (`value_head.safetensors`)" if value_head else ""
+    if not adapter:
+        return (f"`model/` holds the trained model{head}. Load it with "
+                f"`AutoModelForCausalLMWithValueHead.from_pretrained(\"{run.model_dir}\")` (rlft) or, without the value head, "
+                f"`AutoModelForCausalLM.from_pretrained(\"{run.model_dir}\")`.")
+    base = Path(model_path).resolve()
+    return (f"`model/` holds a LoRA adapter{head}, not a full model: its base model stays in `{base}` "
+            f"(outside this run directory; keep it there). Load both with "
+            f"`AutoModelForCausalLMWithValueHead.from_pretrained(\"{run.model_dir}\")` (rlft reads the base model's "
+            "path from `adapter_config.json`), or sample from it with "
+            f"`rlft bon --model_name_or_path {run.model_dir} ...`.")
+
+
 def _files_markdown(run: RunDir, command: str) -> str:
     lines = [
         f"- `config.yaml`: every option of this run (`rlft {command} --config config.yaml --output_dir <new>` reruns it)",

@@ -66,7 +66,7 @@ def run(args: BoNScriptArguments, options) -> dict:
     run_dir = open_run(args.output_dir, args, "bon", merged_config(args, options))
     done = len(run_dir.read_samples(SAMPLES)) if args.resume else 0
     run_dir.truncate_metrics(done)
-    model = _load.load_lm(model_path).eval()
+    model = _load.load_lm(model_path, tokenizer).eval()
     scored: list[tuple[list[str], list[float]]] = []
 
     def scorer(texts):  # BestOfNSampler calls it once per prompt with that prompt's candidates

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from ._args import merged_config, options_from_signature
+from ._lora import LoraOptions, lora_config
 from ._run import Finish, Plot, TrainEvalOptions, finish_run, open_run, run_result, train_hf, trainer_summary, trend
 
 DESCRIPTION = "Direct preference optimisation (DPOTrainer) of a language model on prompt/chosen/rejected triples."
@@ -30,7 +31,7 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class DPOScriptArguments(TrainEvalOptions):
+class DPOScriptArguments(TrainEvalOptions, LoraOptions):
     """Where the model, the reference and the preference data come from (the run directory is --output_dir)."""
 
     model_name_or_path: Optional[str] = None
@@ -73,11 +74,12 @@ def run(args: DPOScriptArguments, options, training_args) -> dict:
 
     run_dir = open_run(training_args.output_dir, args, "dpo", merged_config(args, options, training_args))
     kwargs = asdict(options)
-    model = _load.load_lm(model_path)
-    ref_model = _load.load_lm(ref_path) if ref_path else None
+    model = _load.load_lm(model_path, tokenizer)
+    ref_model = _load.load_lm(ref_path, tokenizer) if ref_path else None
     trainer = DPOTrainer(
         model=model, ref_model=ref_model, args=_data.run_training_args(training_args, run_dir, evaluation),
-        train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer, **kwargs,
+        train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
+        peft_config=lora_config(args, "SEQ_2_SEQ_LM" if _load.is_encoder_decoder(model_path) else "CAUSAL_LM", model_path), **kwargs,
     )
     prompts = [str(p) for p in train["prompt"][: args.num_samples]]
     before = _data.lm_samples(run_dir, "before", trainer.model, tokenizer, prompts, args, training_args.seed, resume=args.resume)

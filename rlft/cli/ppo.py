@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from ._args import CLIError, merged_config
+from ._lora import LoraOptions, lora_config
 from ._run import (
-    Finish, Plot, PromptRewardOptions, config_table, done_line, finish_run, fmt, mean_of, open_run, progress, run_result, trend,
+    Finish, Plot, PromptRewardOptions, config_table, model_loading_note, done_line, finish_run, fmt, mean_of, open_run, progress, run_result, trend,
 )
 
 DESCRIPTION = "Fine-tune a causal (or seq2seq) language model with PPO against a reward."
@@ -28,8 +29,10 @@ PLOTS = [
     Plot("ppo_losses.png", ["ppo/loss/total", "ppo/loss/policy", "ppo/loss/value", "objective/entropy"], "PPO: losses and entropy"),
 ]
 
-#: Command-line default: keep the two newest checkpoints (PPOConfig keeps all).
-CLI_DEFAULTS = dict(save_total_limit=2)
+#: Command-line defaults, sized for a first run on a laptop (PPOConfig keeps TRL's documented
+#: defaults, steps=20000 and batch_size=256, for the Python API): 100 steps of 16 samples in
+#: minibatches of 4, and the two newest checkpoints kept (PPOConfig keeps all).
+CLI_DEFAULTS = dict(save_total_limit=2, steps=100, batch_size=16, mini_batch_size=4)
 TINY_PRESET = dict(
     model_name_or_path="tiny-gpt2", dataset="tiny", reward="length", steps=4, batch_size=8, mini_batch_size=4,
     ppo_epochs=2, learning_rate=1e-4, max_new_tokens=8, save_steps=2, sample_max_new_tokens=8,
@@ -37,7 +40,7 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class PPOScriptArguments(PromptRewardOptions):
+class PPOScriptArguments(PromptRewardOptions, LoraOptions):
     """Where the model, prompts and reward come from, how responses are generated, and where the run goes."""
 
     output_dir: Optional[str] = None
@@ -95,7 +98,9 @@ def run(args: PPOScriptArguments, config) -> dict:
     enc_dec = _load.is_encoder_decoder(model_path)
     wrapper = AutoModelForSeq2SeqLMWithValueHead if enc_dec else AutoModelForCausalLMWithValueHead
     set_seed(config.seed)  # a new value head is initialised at random: the same one for the same seed
-    trainer = PPOTrainer(config, wrapper.from_pretrained(model_path), None, tokenizer, num_shared_layers=args.num_shared_layers)
+    peft_config = lora_config(args, "SEQ_2_SEQ_LM" if enc_dec else "CAUSAL_LM", model_path)
+    model = wrapper.from_pretrained(model_path, **({"peft_config": peft_config} if peft_config is not None else {}))
+    trainer = PPOTrainer(config, model, None, tokenizer, num_shared_layers=args.num_shared_layers)
 
     # -- resume, or record the untrained model's samples
     sample_prompts = prompts[: args.num_samples]
@@ -157,8 +162,7 @@ def run(args: PPOScriptArguments, config) -> dict:
     written = finish_run(run_dir, Finish(
         command="ppo", title=f"PPO: {args.model_name_or_path}", summary=summary, plots=PLOTS,
         samples_table=_before_after_table(run_dir.read_samples("before"), after), tags=["reinforcement-learning"],
-        card_body=summary + "\n\nThe model (with `value_head.safetensors`) is in `model/`; load it with "
-        "`AutoModelForCausalLM.from_pretrained(\"model\")`.",
+        card_body=summary + "\n\n" + model_loading_note(run_dir, model_path, args.use_peft),
     ), draw_plots=args.plots)
     return run_result(run_dir, interrupted, written, steps=trainer.current_step)
 
@@ -170,6 +174,9 @@ def _check(args: PPOScriptArguments) -> None:
         raise CLIError("--prompt_min_tokens needs --prompt_max_tokens and must lie in [1, prompt_max_tokens].")
     if args.save_steps < 0:
         raise CLIError(f"--save_steps must be >= 0, got {args.save_steps}.")
+    if args.use_peft and args.num_shared_layers is not None:
+        raise CLIError("--use_peft and --num_shared_layers both choose the reference model; drop one "
+                       "(with LoRA the reference is the model with its adapter switched off).")
 
 
 def _tokenize_prompts(prompts, tokenizer, args, seed):

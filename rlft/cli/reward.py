@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ._args import merged_config
+from ._lora import LoraOptions, lora_config
 from ._run import Finish, Plot, TrainEvalOptions, finish_run, open_run, run_result, train_hf, trainer_summary, trend
 
 DESCRIPTION = "Train a reward model (RewardTrainer) on pairs of chosen and rejected texts."
@@ -24,7 +25,7 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class RewardScriptArguments(TrainEvalOptions):
+class RewardScriptArguments(TrainEvalOptions, LoraOptions):
     """Where the model and the preference pairs come from (the run directory is --output_dir)."""
 
     model_name_or_path: Optional[str] = None
@@ -77,7 +78,7 @@ def run(args: RewardScriptArguments, config) -> dict:
     train_tok = train.map(tokenize, remove_columns=train.column_names)
     eval_tok = evaluation.map(tokenize, remove_columns=evaluation.column_names) if evaluation is not None else None
     trainer = RewardTrainer(model=model, args=_data.run_training_args(config, run_dir, eval_tok), train_dataset=train_tok,
-                            eval_dataset=eval_tok, processing_class=tokenizer)
+                            eval_dataset=eval_tok, processing_class=tokenizer, peft_config=lora_config(args, "SEQ_CLS", model_path))
 
     before = _pair_scores(run_dir, "before", trainer.model, tokenizer, sample_pairs, args, resume=args.resume)
     interrupted = train_hf(trainer, run_dir, args, "reward", BAR_KEYS)

@@ -7,6 +7,7 @@ import functools
 from dataclasses import asdict, dataclass
 
 from ._args import merged_config, options_from_signature
+from ._lora import LoraOptions, lora_config
 from ._run import Finish, Plot, TrainEvalOptions, finish_run, fmt, mean_of, open_run, run_result, train_hf, trainer_summary
 
 DESCRIPTION = "Supervised fine-tuning (SFTTrainer) of a causal language model on a text dataset."
@@ -25,7 +26,7 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class SFTScriptArguments(TrainEvalOptions):
+class SFTScriptArguments(TrainEvalOptions, LoraOptions):
     """Where the model and the data come from (the run directory is --output_dir)."""
 
     sample_prompt_tokens: int = 8
@@ -65,8 +66,8 @@ def run(args: SFTScriptArguments, options, training_args) -> dict:
     kwargs = asdict(options)
     kwargs["dataset_text_field"] = text_field
     trainer = SFTTrainer(
-        model=model_path, args=_data.run_training_args(training_args, run_dir, evaluation), train_dataset=train,
-        eval_dataset=evaluation, processing_class=tokenizer, **kwargs,
+        model=_load.load_lm(model_path, tokenizer), args=_data.run_training_args(training_args, run_dir, evaluation), train_dataset=train,
+        eval_dataset=evaluation, processing_class=tokenizer, peft_config=lora_config(args, "CAUSAL_LM", model_path), **kwargs,
     )
     prompts = _data.text_prompts(train[text_field][: args.num_samples], tokenizer, args.sample_prompt_tokens)
     before = _data.lm_samples(run_dir, "before", trainer.model, tokenizer, prompts, args, training_args.seed, resume=args.resume)

@@ -197,8 +197,12 @@ class RunDir:
 
     # ------------------------------------------------------------------ model card
     def write_model_card(self, title: str, body_markdown: str, tags: Iterable[str] = ()) -> Path:
-        """Write README.md: a Hub-style YAML front matter (library rlft, ``tags``), ``# title`` and the body."""
-        tag_lines = "".join(f"- {t}\n" for t in ["rlft", *tags])
+        """Write README.md: a Hub-style YAML front matter (library rlft, ``tags`` each once), ``# title`` and the body.
+
+        The same card replaces any README.md in ``model/`` (peft writes a template full of
+        "[More Information Needed]" there), so the folder that is shared says what it holds.
+        """
+        tag_lines = "".join(f"- {t}\n" for t in dict.fromkeys(["rlft", *tags]))
         created = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         text = (
             f"---\nlibrary_name: rlft\ntags:\n{tag_lines}---\n\n# {title}\n\n"
@@ -206,6 +210,8 @@ class RunDir:
         )
         path = self.path / MODEL_CARD_FILE
         _atomic_write_text(path, text)
+        if self.model_dir.is_dir():
+            _atomic_write_text(self.model_dir / MODEL_CARD_FILE, text)
         return path
 
 

@@ -160,7 +160,8 @@ def test_resume_without_a_checkpoint_is_a_clear_error(model_path, data_files, tm
                                                      "reward": "length", "batch_size": 4, "mini_batch_size": 2}))
     assert main(["ppo", "--output_dir", str(out), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "rlft ppo: error: --resume: No checkpoint at" in err and "Traceback" not in err
+    assert "rlft ppo: error: --resume:" in err and "stopped before its first save" in err and "Traceback" not in err
+    assert "--overwrite" in err  # the fix: start afresh
 
 
 @pytest.mark.slow

@@ -113,3 +113,12 @@ def test_samples_and_model_card(tmp_path):
         run.save_samples("../x", [])
     card = run.write_model_card("My model", "Trained **well**.", tags=["ppo"]).read_text()
     assert card.startswith("---\nlibrary_name: rlft\ntags:\n- rlft\n- ppo\n---\n\n# My model\n\nTrained **well**.")
+
+
+def test_model_card_lists_each_tag_once_and_replaces_peft_readme_in_model(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.model_dir.mkdir()
+    (run.model_dir / "README.md").write_text("- **Developed by:** [More Information Needed]\n")  # peft's template
+    card = run.write_model_card("My model", "Body.", tags=["rlft", "ppo", "ppo"]).read_text()
+    assert card.count("- rlft\n") == 1 and card.count("- ppo\n") == 1
+    assert (run.model_dir / "README.md").read_text() == card
