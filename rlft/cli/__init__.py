@@ -56,6 +56,9 @@ def _top_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``rlft <command> [options]``; returns the exit status (0, 2 for usage errors, 130 after Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from ._threads import configure_threads
+
+    configure_threads()  # before torch loads its OpenMP runtime: see rlft/cli/_threads.py
     try:
         top = _top_parser().parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
         return _dispatch(top.command, argv[1:])
