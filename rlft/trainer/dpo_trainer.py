@@ -27,16 +27,20 @@ from transformers import (
 )
 
 from .._compat import resolve_processing_class, warn_once
-from ..data.dpo import DPODataCollatorWithPadding, pad_to_length
+from ..data.dpo import TRUNCATION_MODES, DPODataCollatorWithPadding, DPORowTokenizer, pad_to_length
 from ..utils.sampling_generate import generate as sampling_generate
 from ..data.packing import pack_padded, packed_attention_is_exact
 from ..functional import dpo as F_dpo
 from ..functional.logprobs import selected_log_probs
 from ..models import create_reference_model
-from ._helpers import disable_dropout_in_model
+from ..models._peft import is_peft_model, wrap_peft
+from ._helpers import PerModelCheck, disable_dropout_in_model, pad_token_id_or_eos
+from ._model_helpers import unwrap_base_model
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
-TRUNCATION_MODES = ("keep_end", "keep_start")
+#: Loss types scored on length-averaged log-probs: IPO's estimator (Azar et al. 2023, sec. 5.2)
+#: averages over response tokens (TRL 0.7.10 summed them, fixed upstream later).
+LENGTH_AVERAGED_LOSS_TYPES = ("ipo",)
 #: TRL 0.7.10's fallbacks when no length limits are given (with a warning each).
 DEFAULT_MAX_LENGTH = 512
 DEFAULT_MAX_PROMPT_LENGTH = 128
@@ -60,14 +64,6 @@ class _UnsetPadding(int):
 
 
 _DEFAULT_PADDING_VALUE = _UnsetPadding(0)
-
-
-def _is_peft_model(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
 
 
 class DPOTrainer(Trainer):
@@ -94,7 +90,8 @@ class DPOTrainer(Trainer):
         max_length: maximum prompt + response tokens; default 512.
         max_prompt_length: maximum prompt tokens; default 128.
         max_target_length: maximum response tokens of an encoder-decoder; default 128.
-        peft_config: a peft config; ``model`` is then wrapped in a peft model.
+        peft_config: a peft config; ``model`` is then wrapped in a peft model (an existing
+            adapter is merged first, with a warning: `rlft.models._peft.wrap_peft`).
         is_encoder_decoder: needed only when ``model`` is None; read from the model otherwise.
         disable_dropout: set dropout to 0 in ``model`` and ``ref_model``; default True.
         generate_during_eval: at each evaluation, sample completions of a random eval batch's
@@ -108,6 +105,9 @@ class DPOTrainer(Trainer):
         model_adapter_name: the trained adapter of a peft model with several adapters.
         ref_adapter_name: the adapter of ``model`` that serves as reference.
         processing_class: the transformers 5 name of ``tokenizer``.
+        padding_free: score decoder-only batches without their padding when the model keeps
+            packed sequences apart (checked once per model; default True). False: always the
+            padded forward.
     """
 
     _tag_names = ["rlft", "dpo"]
@@ -146,6 +146,7 @@ class DPOTrainer(Trainer):
         ref_adapter_name: str | None = None,
         *,
         processing_class: Any = None,
+        padding_free: bool = True,
     ):
         # --- 1. check arguments -------------------------------------------------
         if loss_type not in F_dpo.LOSS_TYPES:
@@ -184,8 +185,8 @@ class DPOTrainer(Trainer):
         if ref_model is not None and ref_model is model:
             raise ValueError("DPOTrainer: model and ref_model are the same object; pass a separate copy or ref_model=None.")
         if peft_config is not None:
-            model = self._wrap_peft(model, peft_config, args)
-        self.is_peft_model = _is_peft_model(model)
+            model = wrap_peft(model, peft_config, owner="DPOTrainer", gradient_checkpointing=args.gradient_checkpointing)
+        self.is_peft_model = is_peft_model(model)
         if (model_adapter_name or ref_adapter_name) and not self.is_peft_model:
             raise ValueError("DPOTrainer: model_adapter_name / ref_adapter_name need a peft model (or peft_config).")
         if ref_adapter_name is not None and ref_adapter_name not in model.peft_config:
@@ -226,6 +227,8 @@ class DPOTrainer(Trainer):
         self._stored_metrics: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self._precomputed = False
         self._reference_released = False
+        self.padding_free = padding_free
+        self._packing_is_exact = PerModelCheck(packed_attention_is_exact)
 
         # --- 4. data -------------------------------------------------------------
         if data_collator is None:
@@ -274,21 +277,6 @@ class DPOTrainer(Trainer):
             return auto.from_pretrained(model, **(init_kwargs or {}))
         return model
 
-    @staticmethod
-    def _wrap_peft(model: nn.Module, peft_config: Any, args: TrainingArguments) -> nn.Module:
-        try:
-            from peft import get_peft_model, prepare_model_for_kbit_training
-        except ImportError as err:
-            raise ImportError("DPOTrainer: peft_config needs the peft package (pip install peft).") from err
-        if _is_peft_model(model):
-            # A fresh adapter on top of an adapted model: fold the old one in first (as TRL 0.7.10 did).
-            model = model.merge_and_unload()
-        if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
-        elif args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-        return get_peft_model(model, peft_config)
-
     def _resolve_lengths(self, max_length, max_prompt_length, max_target_length):
         if max_length is None:
             warnings.warn(f"DPOTrainer: max_length not set, using {DEFAULT_MAX_LENGTH}.", UserWarning, stacklevel=3)
@@ -314,11 +302,7 @@ class DPOTrainer(Trainer):
         if padding_value is not _DEFAULT_PADDING_VALUE:
             return int(padding_value)
         # Fixed upstream after 0.7.10: pad with the model's pad token, not with id 0.
-        for attr in ("pad_token_id", "eos_token_id"):
-            value = getattr(tokenizer, attr, None)
-            if value is not None:
-                return int(value)
-        return 0
+        return pad_token_id_or_eos(tokenizer, default=0)
 
     def _tokenize_dataset(self, dataset: Any, split: str) -> Any:
         if dataset is None:
@@ -349,112 +333,24 @@ class DPOTrainer(Trainer):
         return tokenized
 
     # ------------------------------------------------------------------ tokenisation
+    def _row_tokenizer(self) -> DPORowTokenizer:
+        """The row tokeniser for the current settings; it counts cuts into ``self.truncation_counts``."""
+        return DPORowTokenizer(
+            self.tokenizer, self.max_length, self.max_prompt_length, self.max_target_length, self.truncation_mode,
+            self.label_pad_token_id, self.is_encoder_decoder, counts=self.truncation_counts,
+        )
+
     def build_tokenized_answer(self, prompt: str, answer: str) -> dict[str, list[int]]:
-        """Tokenise ``prompt + answer`` and split it into prompt and answer ids.
-
-        BPE merges across the boundary mean ``enc(prompt + answer)`` need not start
-        with ``enc(prompt)``; the split point is therefore taken in the joint
-        encoding, moved one token left when the last prompt token merged with the
-        answer's first. Returns ``prompt_input_ids``, ``prompt_attention_mask``,
-        ``input_ids`` and ``attention_mask`` (the answer's), without special tokens.
-        """
-        full = self.tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        split = len(prompt_ids)
-        if full[:split] != prompt_ids:
-            split -= 1  # the boundary token merged: it belongs to the answer
-        split = max(split, 0)
-        prompt_part, answer_part = full[:split], full[split:]
-        if not answer_part:
-            raise ValueError(f"DPOTrainer: the answer {answer!r} tokenises to nothing after prompt {prompt[-40:]!r}.")
-        return {
-            "prompt_input_ids": prompt_part,
-            "prompt_attention_mask": [1] * len(prompt_part),
-            "input_ids": answer_part,
-            "attention_mask": [1] * len(answer_part),
-        }
-
-    def _truncate_prompt(self, ids: list[int]) -> list[int]:
-        if self.truncation_mode == "keep_start":
-            return ids[: self.max_prompt_length]
-        return ids[-self.max_prompt_length :]
+        """Prompt and answer ids of ``prompt + answer``, split where the joint encoding puts the boundary
+        (`rlft.data.dpo.DPORowTokenizer.build_tokenized_answer`)."""
+        return self._row_tokenizer().build_tokenized_answer(prompt, answer)
 
     def tokenize_row(self, feature: dict[str, Any], model: PreTrainedModel | nn.Module | None = None) -> dict[str, Any]:
-        """Tokenise one (prompt, chosen, rejected) row, truncating it to the length limits.
+        """Tokenise one (prompt, chosen, rejected) row, truncated to the length limits (`rlft.data.dpo.DPORowTokenizer`).
 
-        When prompt + longer response exceeds ``max_length``, the prompt is cut to
-        ``max_prompt_length`` (per ``truncation_mode``); if still too long, both
-        responses are cut to ``max_length - max_prompt_length``. Every cut is
-        counted in ``self.truncation_counts``. Response labels copy the
-        ``input_ids`` with the prompt positions set to ``label_pad_token_id``.
         ``model`` (encoder-decoder only) supplies ``prepare_decoder_input_ids_from_labels``.
         """
-        prompt, chosen, rejected = feature.get("prompt"), feature.get("chosen"), feature.get("rejected")
-        for name, text in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-            if not isinstance(text, str):
-                raise ValueError(f"DPOTrainer: '{name}' must be a string, got {type(text).__name__}: {text!r}.")
-        for name, text in (("chosen", chosen), ("rejected", rejected)):
-            if not text.strip():
-                raise ValueError(f"DPOTrainer: empty '{name}' response for prompt {prompt[:60]!r}; drop or fix this row.")
-        self.truncation_counts["rows"] += 1
-        if self.is_encoder_decoder:
-            return self._tokenize_row_encoder_decoder(prompt, chosen, rejected, model)
-
-        chosen_tok = self.build_tokenized_answer(prompt, chosen)
-        rejected_tok = self.build_tokenized_answer(prompt, rejected)
-        # Both splits must agree on the prompt; a merge may shorten one of them by a token.
-        prompt_ids = chosen_tok["prompt_input_ids"]
-        if len(rejected_tok["prompt_input_ids"]) < len(prompt_ids):
-            prompt_ids = rejected_tok["prompt_input_ids"]
-        chosen_ids = chosen_tok["prompt_input_ids"][len(prompt_ids) :] + chosen_tok["input_ids"]
-        rejected_ids = rejected_tok["prompt_input_ids"][len(prompt_ids) :] + rejected_tok["input_ids"]
-
-        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
-        if bos is not None and (not prompt_ids or prompt_ids[0] != bos):
-            prompt_ids = [bos] + prompt_ids  # one BOS, never two
-        if eos is not None:
-            chosen_ids = chosen_ids if chosen_ids[-1:] == [eos] else chosen_ids + [eos]  # one EOS, never two
-            rejected_ids = rejected_ids if rejected_ids[-1:] == [eos] else rejected_ids + [eos]
-
-        longer = max(len(chosen_ids), len(rejected_ids))
-        if len(prompt_ids) + longer > self.max_length and len(prompt_ids) > self.max_prompt_length:
-            prompt_ids = self._truncate_prompt(prompt_ids)
-            self.truncation_counts["prompt"] += 1
-        if len(prompt_ids) + longer > self.max_length:
-            room = self.max_length - len(prompt_ids)
-            self.truncation_counts["response"] += int(len(chosen_ids) > room) + int(len(rejected_ids) > room)
-            chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
-
-        out: dict[str, Any] = {"prompt_input_ids": prompt_ids, "prompt_attention_mask": [1] * len(prompt_ids)}
-        for side, ids in (("chosen", chosen_ids), ("rejected", rejected_ids)):
-            seq = prompt_ids + ids
-            out[f"{side}_input_ids"] = seq
-            out[f"{side}_attention_mask"] = [1] * len(seq)
-            out[f"{side}_labels"] = [self.label_pad_token_id] * len(prompt_ids) + ids
-        return out
-
-    def _tokenize_row_encoder_decoder(self, prompt: str, chosen: str, rejected: str, model: Any) -> dict[str, Any]:
-        # The encoder reads the prompt, the decoder is scored on the response: the
-        # tokenizer's own special tokens are kept (T5 appends </s>, BART wraps <s> ... </s>).
-        prompt_ids = self.tokenizer(prompt)["input_ids"]
-        if len(prompt_ids) > self.max_prompt_length:
-            prompt_ids = self._truncate_prompt(prompt_ids)
-            self.truncation_counts["prompt"] += 1
-        out: dict[str, Any] = {"prompt_input_ids": prompt_ids, "prompt_attention_mask": [1] * len(prompt_ids)}
-        eos = self.tokenizer.eos_token_id
-        for side, text in (("chosen", chosen), ("rejected", rejected)):
-            ids = self.tokenizer(text)["input_ids"]
-            if eos is not None and ids[-1:] != [eos]:
-                ids = ids + [eos]
-            if len(ids) > self.max_target_length:
-                ids = ids[: self.max_target_length]
-                self.truncation_counts["response"] += 1
-            out[f"{side}_labels"] = ids
-            if model is not None and hasattr(model, "prepare_decoder_input_ids_from_labels"):
-                out[f"{side}_decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(
-                    labels=torch.tensor([ids])
-                )[0].tolist()
-        return out
+        return self._row_tokenizer()(feature, model)
 
     # ------------------------------------------------------------------ reference
     @contextlib.contextmanager
@@ -614,6 +510,11 @@ class DPOTrainer(Trainer):
             logits, labels, average=average_log_prob, label_pad_token_id=label_pad_token_id, is_encoder_decoder=is_encoder_decoder
         )
 
+    @property
+    def _average_log_prob(self) -> bool:
+        """Whether this loss scores length-averaged sequence log-probs (see ``LENGTH_AVERAGED_LOSS_TYPES``)."""
+        return self.loss_type in LENGTH_AVERAGED_LOSS_TYPES
+
     def concatenated_forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Score chosen and rejected responses in one forward of ``model``.
 
@@ -632,9 +533,7 @@ class DPOTrainer(Trainer):
         if self.is_encoder_decoder:
             decoder_input_ids = cat.get("concatenated_decoder_input_ids")
             if decoder_input_ids is None:
-                unwrapped = self.accelerator.unwrap_model(model)
-                base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
-                decoder_input_ids = base.prepare_decoder_input_ids_from_labels(labels=labels)  # (2B, T)
+                decoder_input_ids = unwrap_base_model(model).prepare_decoder_input_ids_from_labels(labels=labels)  # (2B, T)
             logits = model(
                 input_ids=cat["concatenated_input_ids"],
                 attention_mask=cat["concatenated_attention_mask"],
@@ -647,12 +546,10 @@ class DPOTrainer(Trainer):
                 attention_mask=cat["concatenated_attention_mask"],
                 use_cache=False,
             ).logits  # (2B, T, V)
-        # IPO's estimator uses length-averaged log-probs (Azar et al. 2023, sec. 5.2);
-        # TRL 0.7.10 summed them, fixed upstream later.
         logps = self.get_batch_logps(
             logits,
             labels,
-            average_log_prob=self.loss_type == "ipo",
+            average_log_prob=self._average_log_prob,
             label_pad_token_id=self.label_pad_token_id,
             is_encoder_decoder=self.is_encoder_decoder,
         )  # (2B,)
@@ -679,20 +576,17 @@ class DPOTrainer(Trainer):
         """Whether `_packed_forward` may stand in for `concatenated_forward` with this model.
 
         Decoder-only models with the default collator, no subclass override of the forward,
-        and attention that keeps packed sequences apart (checked once per model). Set
-        ``trainer.padding_free = False`` to always take the padded forward.
+        and attention that keeps packed sequences apart (checked once per model).
+        ``padding_free=False`` always takes the padded forward.
         """
-        if not getattr(self, "padding_free", True) or self.is_encoder_decoder or not self.use_dpo_data_collator:
+        if not self.padding_free or self.is_encoder_decoder or not self.use_dpo_data_collator:
             return False
         cls = type(self)
         if (cls.concatenated_forward, cls.concatenated_inputs, cls.get_batch_logps) != (
             DPOTrainer.concatenated_forward, DPOTrainer.concatenated_inputs, DPOTrainer.get_batch_logps,
         ):
             return False  # a subclass customised the forward: honour it
-        checked = self.__dict__.setdefault("_packing_checked", {})
-        if id(model) not in checked:
-            checked[id(model)] = (model, packed_attention_is_exact(model))  # the model is kept so its id stays unique
-        return checked[id(model)][1]
+        return self._packing_is_exact(model)
 
     def _packed_forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
         """`concatenated_forward`'s log-probs with the 2B sequences packed into fewer rows (`rlft.data.packing`).
@@ -720,7 +614,7 @@ class DPOTrainer(Trainer):
         token_logps = selected_log_probs(kept_logits, targets[keep])  # (M,)
         owner = packed.seq[keep]  # (M,) which of the 2B sequences each token belongs to
         logps = token_logps.new_zeros(n).index_add(0, owner, token_logps)  # (2B,)
-        if self.loss_type == "ipo":  # length-averaged, as concatenated_forward
+        if self._average_log_prob:  # length-averaged, as concatenated_forward
             logps = logps / torch.zeros_like(logps).index_add(0, owner, torch.ones_like(token_logps)).clamp(min=1)
         row_means = kept_logits.detach().float().mean(-1)  # (M,)
         is_chosen = owner < n_chosen

@@ -53,3 +53,22 @@ def test_missing_pad_id_and_empty_batch_are_errors():
         DPODataCollatorWithPadding(pad_token_id=None)(_rows())
     with pytest.raises(ValueError, match="empty"):
         DPODataCollatorWithPadding()([])
+
+
+# ---------------------------------------------------------------- the row tokeniser (DPOTrainer.tokenize_row's logic)
+def test_row_tokenizer_stands_alone_and_truncates_as_documented(pad_tokenizer):
+    from rlft.data.dpo import DPORowTokenizer
+
+    tok = DPORowTokenizer(pad_tokenizer, max_length=12, max_prompt_length=4, truncation_mode="keep_start")
+    prompt = " ".join(["value"] * 10)
+    row = tok({"prompt": prompt, "chosen": " " + " ".join(["item"] * 20), "rejected": " no"})
+    bos, eos = pad_tokenizer.bos_token_id, pad_tokenizer.eos_token_id
+    full_prompt = [bos] + pad_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    # reference: the prompt cut to its first 4 tokens, then responses cut to 12 - 4 = 8 tokens
+    assert row["prompt_input_ids"] == full_prompt[:4]
+    assert len(row["chosen_input_ids"]) == 12 and row["chosen_labels"][:4] == [-100] * 4
+    no = pad_tokenizer(" no", add_special_tokens=False)["input_ids"] + [eos]
+    assert row["rejected_input_ids"] == full_prompt[:4] + no
+    assert tok.counts == {"prompt": 1, "response": 1, "rows": 1}
+    with pytest.raises(ValueError, match="empty 'rejected'"):
+        tok({"prompt": "a", "chosen": "b", "rejected": "  "})

@@ -40,7 +40,9 @@ def test_sft_default_max_seq_length_is_min_of_tokenizer_limit_and_1024(tmp_path,
 def test_padding_free_is_a_constructor_option(tmp_path, model_path, pad_tokenizer):
     import inspect
 
-    for cls in (SFTTrainer, RewardTrainer):
+    from rlft.trainer.dpo_trainer import DPOTrainer
+
+    for cls in (SFTTrainer, RewardTrainer, DPOTrainer):
         param = inspect.signature(cls.__init__).parameters["padding_free"]
         assert param.kind is param.KEYWORD_ONLY and param.default is True
     with warnings.catch_warnings():
