@@ -26,6 +26,19 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available() or is_xpu_available() or is_npu_available()
 
 
+def check_mixed_precision_device(mixed_precision: str) -> None:
+    """Raise when ``mixed_precision`` needs a GPU this machine lacks (fp16 / fp8 on a CPU).
+
+    Called by `DDPOTrainer`, not by the config: the config's documented default is "fp16", and a
+    CPU user must be able to build it and override the field (e.g. on a tyro command line) first.
+    """
+    if mixed_precision in ("fp16", "fp8") and not _has_gpu():
+        raise ValueError(
+            f"DDPOConfig.mixed_precision={mixed_precision!r} needs a GPU and none is available. "
+            "Set mixed_precision='no' (or 'bf16') to train on the CPU."
+        )
+
+
 @dataclass
 class DDPOConfig:
     """Configuration of `DDPOTrainer` (denoising diffusion policy optimisation, Black et al. 2023)."""
@@ -60,8 +73,10 @@ class DDPOConfig:
     """Save a checkpoint every this many epochs."""
     num_checkpoint_limit: int = 5
     """Keep at most this many checkpoints; older ones are deleted."""
-    mixed_precision: str = "fp16"
-    """accelerate mixed precision: "no", "fp16", "bf16" or "fp8". fp16 needs a GPU."""
+    mixed_precision: Optional[str] = "fp16"
+    """accelerate mixed precision: "no" (None means the same, as in TRL 0.7), "fp16", "bf16" or "fp8".
+    fp16 and fp8 need a GPU: `DDPOTrainer` checks that when it starts, so a command line can still
+    override this default on a CPU."""
     allow_tf32: bool = True
     """Allow TF32 matmuls on Ampere GPUs (faster, slightly less precise)."""
     resume_from: Optional[str] = ""
@@ -171,14 +186,11 @@ class DDPOConfig:
                 "Change sample_num_batches_per_epoch or train_gradient_accumulation_steps so it divides."
             )
 
+        if self.mixed_precision is None:
+            self.mixed_precision = "no"  # TRL 0.7 passed None on to accelerate, which reads it as "no"
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(
-                f"DDPOConfig.mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}; got {self.mixed_precision!r}."
-            )
-        if self.mixed_precision in ("fp16", "fp8") and not _has_gpu():
-            raise ValueError(
-                f"DDPOConfig.mixed_precision={self.mixed_precision!r} needs a GPU and none is available. "
-                "Set mixed_precision='no' (or 'bf16') to train on the CPU."
+                f"DDPOConfig.mixed_precision must be one of {', '.join(MIXED_PRECISIONS)} (or None); got {self.mixed_precision!r}."
             )
         for tracker in self._trackers():
             if isinstance(tracker, str):

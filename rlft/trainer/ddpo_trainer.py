@@ -33,7 +33,7 @@ from accelerate.utils import ProjectConfiguration, set_seed  # noqa: E402
 from ..functional.ddpo import ddpo_clipped_loss, normalize_advantages  # noqa: E402
 from ..models.modeling_sd_base import DDPOStableDiffusionPipeline  # noqa: E402
 from ..utils.running import PerPromptStatTracker  # noqa: E402
-from .ddpo_config import DDPOConfig  # noqa: E402
+from .ddpo_config import DDPOConfig, check_mixed_precision_device  # noqa: E402
 
 CHECKPOINT_PREFIX = "checkpoint_"
 TRAINER_STATE_FILE = "ddpo_trainer_state.json"
@@ -96,6 +96,7 @@ class DDPOTrainer:
         # check arguments
         if not isinstance(config, DDPOConfig):
             raise TypeError(f"config must be a DDPOConfig; got {type(config).__name__}.")
+        check_mixed_precision_device(config.mixed_precision)
         if not isinstance(sd_pipeline, DDPOStableDiffusionPipeline):
             raise TypeError(
                 "sd_pipeline must be a DDPOStableDiffusionPipeline, e.g. DefaultDDPOStableDiffusionPipeline(name_or_pipe); "

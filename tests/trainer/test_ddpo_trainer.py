@@ -366,9 +366,34 @@ def test_config_validation(overrides, match):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
-def test_fp16_on_cpu_is_rejected_with_the_fix():
+def test_fp16_on_cpu_is_rejected_by_the_trainer_with_the_fix(tmp_path):
+    from rlft import DDPOTrainer
+    from rlft.models import DefaultDDPOStableDiffusionPipeline
+    from rlft.testing.tiny_diffusion import build_sd_pipeline
+
+    cfg = DDPOConfig()  # the documented default, fp16, builds on a CPU so that a command line can override it
+    assert cfg.mixed_precision == "fp16"
     with pytest.raises(ValueError, match="mixed_precision='no'"):
-        DDPOConfig()
+        DDPOTrainer(cfg, brightness, make_prompt_fn(), DefaultDDPOStableDiffusionPipeline(build_sd_pipeline()))
+
+
+def test_mixed_precision_none_means_no():
+    """TRL 0.7.10 passed None to accelerate (its own DDPO tests did, to run on a CPU)."""
+    assert DDPOConfig(mixed_precision=None).mixed_precision == "no"
+
+
+def test_tyro_command_line_overrides_the_fp16_default():
+    """The layout of TRL's DDPO example script: the config's defaults are built before the command line applies."""
+    from dataclasses import dataclass, field
+
+    tyro = pytest.importorskip("tyro")
+
+    @dataclass
+    class ScriptArguments:
+        ddpo_config: DDPOConfig = field(default_factory=lambda: DDPOConfig(num_epochs=3))
+
+    args = tyro.cli(ScriptArguments, args=["--ddpo_config.mixed_precision", "no"])
+    assert (args.ddpo_config.mixed_precision, args.ddpo_config.num_epochs) == ("no", 3)
 
 
 def test_scheduler_with_alpha_one_is_rejected(tmp_path):
