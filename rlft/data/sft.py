@@ -223,13 +223,16 @@ class DataCollatorForCompletionOnlyLM(DataCollatorForCausalLMKeepEOS):
             every span from a response template to the next instruction template is trained.
         mlm: must be False.
         ignore_index: label of the tokens left out of the loss (default -100).
+        strict: what to do with an example whose template is missing (usually cut off by
+            truncation to ``max_seq_length``): False (default, as TRL 0.7) leaves the whole
+            example out of the loss and warns once per batch with the count; True raises
+            ValueError naming the example. ``num_masked_examples`` counts the masked ones.
         Other arguments go to ``transformers.DataCollatorForLanguageModeling`` (``tokenizer``
         first).
 
     A template given as a string is matched by its token ids, by the ids it gets after a
     newline, a space or a letter (BPE tokenisers often merge the first template token with
-    the character before it), and finally by text through the decoded tokens. A template
-    that is really absent raises ValueError naming the example.
+    the character before it), and finally by text through the decoded tokens.
     """
 
     def __init__(
@@ -239,9 +242,12 @@ class DataCollatorForCompletionOnlyLM(DataCollatorForCausalLMKeepEOS):
         *args,
         mlm: bool = False,
         ignore_index: int = IGNORE_INDEX,
+        strict: bool = False,
         **kwargs,
     ):
         super().__init__(*args, mlm=mlm, ignore_index=ignore_index, **kwargs)
+        self.strict = strict
+        self.num_masked_examples = 0
         self.response_template = response_template
         self.instruction_template = instruction_template
         self.response_token_ids = self._variants(response_template)[0]
@@ -296,29 +302,49 @@ class DataCollatorForCompletionOnlyLM(DataCollatorForCausalLMKeepEOS):
 
     def torch_call(self, examples: list[Any]) -> dict[str, Any]:
         batch = super().torch_call(examples)
+        missing: list[str] = []  # one description per example left out of the loss
         for i in range(len(batch["input_ids"])):
             keep = batch["attention_mask"][i].bool()
             positions = keep.nonzero().flatten().tolist()  # token indices without padding (either side)
             ids = batch["input_ids"][i][keep].tolist()
-            responses = self._spans(ids, self.response_template)
-            if not responses:
-                raise ValueError(
-                    f"DataCollatorForCompletionOnlyLM: response template {self.response_template!r} not found in "
-                    f"{self._describe(ids, i)}. Check the template, or pass its token ids as they appear in context."
-                )
-            trained = torch.zeros(len(ids), dtype=torch.bool)
-            if self.instruction_template is None:
-                trained[responses[0][1] :] = True
-            else:
-                instructions = [s for s, _ in self._spans(ids, self.instruction_template)]
-                if not instructions:
-                    raise ValueError(
-                        f"DataCollatorForCompletionOnlyLM: instruction template {self.instruction_template!r} not found in "
-                        f"{self._describe(ids, i)}."
-                    )
-                for _, end in responses:
-                    nxt = min((s for s in instructions if s >= end), default=len(ids))
-                    trained[end:nxt] = True
+            trained = self._trained_positions(ids, i, missing)
             labels = batch["labels"][i]
             labels[[p for p, t in zip(positions, trained.tolist()) if not t]] = self.ignore_index
+        if missing:
+            self.num_masked_examples += len(missing)
+            warnings.warn(
+                f"DataCollatorForCompletionOnlyLM: {len(missing)} of {len(batch['input_ids'])} examples of this batch "
+                f"lack a template and are left out of the loss (first: {missing[0]}). Truncation to max_seq_length "
+                "usually cuts it off: raise max_seq_length, or pass strict=True to make this an error.",
+                UserWarning,
+                stacklevel=2,
+            )
         return batch
+
+    def _trained_positions(self, ids: list[int], index: int, missing: list[str]) -> torch.Tensor:
+        """(L,) bool: the tokens of one example (padding removed) that get a loss; all False, with the
+        example added to ``missing``, when a template is absent (an error when ``strict``)."""
+        trained = torch.zeros(len(ids), dtype=torch.bool)
+        responses = self._spans(ids, self.response_template)
+        instructions = None
+        if responses and self.instruction_template is not None:
+            instructions = [s for s, _ in self._spans(ids, self.instruction_template)]
+        absent = ("response", self.response_template) if not responses else (
+            ("instruction", self.instruction_template) if instructions == [] else None
+        )
+        if absent is not None:
+            where = f"{absent[0]} template {absent[1]!r} not found in {self._describe(ids, index)}"
+            if self.strict:
+                raise ValueError(
+                    f"DataCollatorForCompletionOnlyLM: {where}. Check the template, or pass its token ids as they "
+                    "appear in context; a truncated example needs a larger max_seq_length."
+                )
+            missing.append(where)
+            return trained
+        if instructions is None:
+            trained[responses[0][1] :] = True
+        else:
+            for _, end in responses:
+                nxt = min((s for s in instructions if s >= end), default=len(ids))
+                trained[end:nxt] = True
+        return trained

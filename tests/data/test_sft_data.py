@@ -103,11 +103,37 @@ def test_completion_only_template_tokenised_differently_in_context(pad_tokenizer
     assert trained.strip() == "yes" + tok.eos_token
 
 
-def test_completion_only_missing_template_names_example(pad_tokenizer):
+def test_completion_only_missing_template_names_example_when_strict(pad_tokenizer):
     tok = pad_tokenizer
-    collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok)
+    collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok, strict=True)
     with pytest.raises(ValueError, match=r"not found in example 1 of the batch \('no template here"):
         _completion_batch(tok, collator, ["q\n### Answer: a", "no template here"])
+
+
+def test_completion_only_truncated_template_is_masked_with_one_warning(pad_tokenizer):
+    """TRL 0.7 default: an example whose template truncation cut off is left out of the loss, with a warning."""
+    tok = pad_tokenizer
+    texts = ["q\n### Answer: a" + tok.eos_token, "a long question " * 6 + "\n### Answer: b", "x\n### Answer: c"]
+    examples = [tok(t, truncation=True, max_length=12) for t in texts]  # the second loses its template
+    strict_free = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok)
+    with pytest.warns(UserWarning, match=r"1 of 3 examples of this batch lack a template .*example 1 of the batch") as caught:
+        batch = strict_free(examples)
+    assert len([w for w in caught if "lack a template" in str(w.message)]) == 1
+    assert (batch["labels"][1] == IGNORE_INDEX).all()
+    assert strict_free.num_masked_examples == 1
+    # the other examples are labelled exactly as without the truncated one
+    alone = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok)([examples[0], examples[2]])
+    for row, ref in ((0, 0), (2, 1)):
+        n = int(batch["attention_mask"][row].sum())
+        assert batch["labels"][row][:n].tolist() == alone["labels"][ref][: int(alone["attention_mask"][ref].sum())].tolist()
+
+
+def test_completion_only_missing_instruction_template_is_masked(pad_tokenizer):
+    tok = pad_tokenizer
+    collator = DataCollatorForCompletionOnlyLM("### Assistant:", instruction_template="### Human:", tokenizer=tok)
+    with pytest.warns(UserWarning, match="instruction template"):
+        batch = _completion_batch(tok, collator, ["### Assistant: hello" + tok.eos_token])
+    assert (batch["labels"] == IGNORE_INDEX).all()
 
 
 def test_completion_only_multi_turn(pad_tokenizer):
