@@ -22,8 +22,8 @@ class DemoConfig:
     reward: str = field(default="learned", metadata={"help": "PPO reward: 'learned' (the MiniLM reward model) or 'vader'."})
     seed: int = field(default=0, metadata={"help": "Seed of data splits, sampling and training."})
     # ---- time and size
-    ppo_minutes: Optional[float] = field(default=None, metadata={"help": "Wall-clock budget of PPO training in minutes (default 9, quick 1.2)."})
-    max_ppo_steps: Optional[int] = field(default=None, metadata={"help": "Stop PPO after this many steps (default: only the time budget)."})
+    max_ppo_steps: Optional[int] = field(default=None, metadata={"help": "PPO steps (default 35: about 9 minutes on an idle 2-core CPU; quick 5)."})
+    ppo_minutes: Optional[float] = field(default=None, metadata={"help": "Also stop PPO after this many minutes (default: no time limit; the steps bound the run)."})
     heldout_prompts: Optional[int] = field(default=None, metadata={"help": "Held-out prompts judged before and after (default 64, quick 32)."})
     eval_samples_per_prompt: int = field(default=2, metadata={"help": "Samples per held-out prompt (their mean is the prompt's score)."})
     prompt_min_words: int = field(default=3, metadata={"help": "Prompts are the first min..max words of a snippet."})

@@ -37,12 +37,9 @@ def load_policy(path, *, use_lora: bool, lora_r: int, lora_alpha: int, lora_targ
         tokenizer.pad_token = tokenizer.eos_token
     kwargs = {"dtype": dtype}
     if use_lora:
-        from peft import LoraConfig
+        from ..cli._lora import make_lora_config  # the command line's LoRA options build the same config
 
-        targets = lora_targets if lora_targets == "all-linear" else [t.strip() for t in lora_targets.split(",")]
-        kwargs["peft_config"] = LoraConfig(
-            r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM"
-        )
+        kwargs["peft_config"] = make_lora_config(lora_r, lora_alpha, 0.0, lora_targets, "CAUSAL_LM", str(path))
     model = AutoModelForCausalLMWithValueHead.from_pretrained(path, **kwargs)
     return model, tokenizer
 
@@ -54,7 +51,8 @@ def reference_context(model):
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int, seed: int | None = None):
+def sample(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int, seed: int | None = None,
+           on_batch: Callable[[int], object] | None = None):
     """Sample one continuation per prompt (temperature 1, full distribution, as PPO needs).
 
     Returns (query token lists, response token lists), responses cut after the first EOS.
@@ -84,6 +82,8 @@ def sample(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, bat
             if eos in gen:
                 gen = gen[: gen.index(eos) + 1]
             responses.append(gen)
+        if on_batch is not None:
+            on_batch(len(chunk))
     return queries, responses
 
 
@@ -142,13 +142,18 @@ def evaluate(
     batch_size: int,
     samples_per_prompt: int = 2,
     seed: int = 1234,
+    on_batch: Callable[[int], object] | None = None,
 ) -> Evaluation:
-    """Sample each prompt ``samples_per_prompt`` times (fixed seed), judge, estimate KL."""
+    """Sample each prompt ``samples_per_prompt`` times (fixed seed), judge, estimate KL.
+
+    ``on_batch(n)`` is called after each generated batch of ``n`` samples (a progress bar's update).
+    """
     start = time.perf_counter()
     was_training = model.training
     model.eval()
     expanded = [p for p in prompts for _ in range(samples_per_prompt)]
-    queries, responses = sample(model, tokenizer, expanded, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    queries, responses = sample(model, tokenizer, expanded, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                                on_batch=on_batch)
     texts = [tokenizer.decode(r, skip_special_tokens=True) for r in responses]
     full = [p + t for p, t in zip(expanded, texts)]
     pad = tokenizer.pad_token_id

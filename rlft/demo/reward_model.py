@@ -60,6 +60,33 @@ def freeze_lower_layers(model, n_trainable_layers: int) -> None:
             p.requires_grad_(False)
 
 
+def _ProgressCallback():
+    """A TrainerCallback drawing rlft's progress bar (steps, ETA, loss) while the reward model trains."""
+    from transformers import TrainerCallback
+
+    from ..reporting import TrainingProgress
+
+    class Bar(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = TrainingProgress(state.max_steps, desc="reward model", keys=("loss",)).__enter__()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.update(0, loss=logs["loss"])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(1)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return Bar()
+
+
 def train_reward_model(
     encoder_dir,
     train_pairs: list[tuple[str, str]],
@@ -125,6 +152,7 @@ def train_reward_model(
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # the demo prints its own one-line summary
+    trainer.add_callback(_ProgressCallback())
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start

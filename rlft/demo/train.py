@@ -63,7 +63,11 @@ def make_trainer(model, tokenizer, s: PPOSettings) -> PPOTrainer:
         seed=s.seed,
         log_with=None,
     )
-    return PPOTrainer(config, model, ref_model=None, tokenizer=tokenizer)
+    import warnings
+
+    with warnings.catch_warnings():  # train_ppo feeds step() itself: PPOTrainer's "no dataset" reminder does not apply
+        warnings.filterwarnings("ignore", message="No dataset is provided", category=UserWarning)
+        return PPOTrainer(config, model, ref_model=None, tokenizer=tokenizer)
 
 
 def train_ppo(

@@ -138,3 +138,57 @@ def test_paired_gain_interval_uses_per_prompt_differences():
     # much narrower than the before / after spread itself: the prompts' own difficulty cancels
     assert out["vader"] < 0.5
     assert out["kl"] == pytest.approx(1.96 * math.sqrt(sum((k - 2.5) ** 2 for k in [1, 2, 3, 4]) / 3) / 2)
+
+
+@pytest.mark.slow
+def test_tiny_demo_is_bounded_by_steps_and_says_what_to_trust(tmp_path, capsys):
+    """Steps bound the run (time only when asked); a time cut, a gain within noise and the results
+    table reach the terminal and the report; the reward model is saved; the card says where the base model is."""
+    from rlft.cli._load import load_reward_model
+    from rlft.demo import run_demo
+
+    out = tmp_path / "run"
+    summary = run_demo(DemoConfig(output_dir=str(out), tiny=True, bon_n=2))
+    err = capsys.readouterr().err
+    assert summary["ppo_steps"] == 3  # the tiny default, with no time budget
+    assert "cut short" not in " ".join(summary["notes"])
+    for label in ("reward model", "judging before", "best-of-2", "judging after", "PPO"):
+        assert f"{label}:" in err or f"{label} " in err, label  # a progress bar for every stage
+    assert "gain (after − before, paired by prompt)" in err.splitlines()[-1 - len(summary["notes"])]  # the table is last
+    assert all(f"NOTE: {n}" in err for n in summary["notes"])
+    card = (out / "README.md").read_text()
+    assert "lives in" in card and str((out / "tiny_models" / "policy").resolve()) in card
+    assert 'AutoModelForCausalLMWithValueHead.from_pretrained("' in card
+    assert (out / "model" / "README.md").read_text() == card and card.count("- rlft\n") == 1
+    rm = load_reward_model(str(out / "reward_model"))  # a complete classifier: no newly initialised head
+    assert rm.config.num_labels == 1 and (out / "reward_model" / "reward_offset.json").is_file()
+
+    cut = tmp_path / "cut"
+    summary = run_demo(DemoConfig(output_dir=str(cut), tiny=True, bon_n=2, max_ppo_steps=50, ppo_minutes=1e-6))
+    assert summary["ppo_steps"] == 1  # the first step always runs, then the budget is spent
+    assert any("cut short by the time budget" in n and "1 of 50 steps" in n for n in summary["notes"])
+    assert "cut short by the time budget" in (cut / "report.md").read_text()
+
+
+def test_notes_flag_a_slow_run_and_a_gain_within_noise():
+    from types import SimpleNamespace
+
+    from rlft.demo.pipeline import IDLE_STEP_SECONDS, _notes, resolved
+
+    cfg = resolved(DemoConfig(output_dir="x"))
+    slow = SimpleNamespace(steps=4, seconds=4 * 7 * IDLE_STEP_SECONDS)
+    notes = _notes(cfg, False, slow, False, {"learned_reward_mean": 0.2}, {"learned_reward_mean": 0.18}, {"learned_reward": 0.09})
+    assert any("7.0x slower" in n for n in notes) and any("within noise" in n for n in notes)
+    assert any("4 of 35 steps" in n for n in dataclasses_replace_notes(cfg))
+    idle = SimpleNamespace(steps=35, seconds=35 * IDLE_STEP_SECONDS)
+    assert _notes(cfg, False, idle, False, {"learned_reward_mean": 0.5}, {"learned_reward_mean": 0.1}, {"learned_reward": 0.09}) == []
+
+
+def dataclasses_replace_notes(cfg):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from rlft.demo.pipeline import _notes
+
+    timed = dataclasses.replace(cfg, ppo_minutes=9.0)
+    return _notes(timed, False, SimpleNamespace(steps=4, seconds=60.0), False, {}, {}, {})
