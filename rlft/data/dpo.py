@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn.utils.rnn import pad_sequence
 
 from ..functional.dpo import IGNORE_INDEX
+from ..trainer._helpers import pad
 
 #: Which end of a too-long prompt is kept.
 TRUNCATION_MODES = ("keep_end", "keep_start")
@@ -74,12 +74,9 @@ class DPODataCollatorWithPadding:
             if key.endswith(("_input_ids", "_attention_mask", "_labels", "_pixel_values")):
                 dtype = torch.float32 if key.endswith("_pixel_values") else torch.long
                 seqs = [torch.as_tensor(v, dtype=dtype) for v in values]
-                left = not self.is_encoder_decoder and key.startswith("prompt")
-                if left:
-                    # Left padding = right padding of the reversed sequences, reversed back.
-                    seqs = [s.flip(0) for s in seqs]
-                padded = pad_sequence(seqs, batch_first=True, padding_value=self._pad_value(key))  # (B, L)
-                batch[key] = padded.flip(1) if left else padded
+                # decoder-only prompts are left-padded so that generation continues right after them
+                side = "left" if not self.is_encoder_decoder and key.startswith("prompt") else "right"
+                batch[key] = pad(seqs, padding_value=self._pad_value(key), padding_side=side)  # (B, L, ...)
             elif key.endswith("_logps"):
                 batch[key] = torch.tensor(values, dtype=torch.float32)  # (B,)
             else:

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 
 from ..core import set_seed
+from ..trainer._helpers import pad_with_mask
+from ..trainer._model_helpers import unwrap_base_model
 from ..utils.sampling_generate import generate as sampling_generate, model_generation_config
 
 TokenizedQuery = Union[Sequence[int], Tensor]
@@ -190,11 +192,8 @@ class BestOfNSampler:
         padding is removed and the columns after its last row finished are cut off.
         """
         n, width = self.sample_size, max(len(q) for q in queries)
-        input_ids = torch.full((len(queries) * n, width), pad_id, dtype=torch.long)  # (Q * n, width)
-        attention_mask = torch.zeros_like(input_ids)
-        for j, query in enumerate(queries):
-            input_ids[j * n : (j + 1) * n, width - len(query) :] = query.cpu()
-            attention_mask[j * n : (j + 1) * n, width - len(query) :] = 1
+        input_ids, attention_mask = pad_with_mask([q.cpu().long() for q in queries], pad_id, "left")  # (Q, width)
+        input_ids, attention_mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)  # (Q * n, width)
         kwargs = dict(generation_kwargs, max_new_tokens=budget, attention_mask=attention_mask.to(device))
         kwargs.setdefault("pad_token_id", pad_id)
         kwargs = self._merged_with_config(kwargs)
@@ -215,7 +214,7 @@ class BestOfNSampler:
 
     def _batch_token_ids(self, generation_kwargs: dict) -> Optional[tuple[int, set[int]]]:
         """(pad id, EOS ids) that ``generate`` will use, or None when queries must be generated one by one."""
-        model_config = getattr(self.model, "config", None) or getattr(getattr(self.model, "pretrained_model", None), "config", None)
+        model_config = getattr(unwrap_base_model(self.model), "config", None)
         if model_config is None or getattr(model_config, "is_encoder_decoder", False):
             return None
         if _PER_QUERY_OPTIONS & set(generation_kwargs):

@@ -16,7 +16,7 @@ from ..data.packing import last_non_pad_positions, pack_padded
 from ..data.reward import REWARD_COLUMNS, RewardDataCollatorWithPadding, compute_accuracy
 from ..functional.reward import pairwise_reward_loss
 from ..models._peft import wrap_peft
-from ._helpers import PerModelCheck
+from ._helpers import PerModelCheck, pad_with_mask
 from ._model_helpers import unwrap_base_model
 from .reward_config import RewardConfig
 
@@ -254,11 +254,7 @@ class RewardTrainer(Trainer):
             rows.append(ids)
 
         def side(seqs):
-            width = max(len(x) for x in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for i, x in enumerate(seqs):
-                ids[i, : len(x)], mask[i, : len(x)] = x, 1
+            ids, mask = pad_with_mask(seqs, pad, "right")  # (2, L) each
             return ids.to(device), mask.to(device)
 
         (ic, mc), (ir, mr) = side(rows[:2]), side(rows[2:])

@@ -78,11 +78,10 @@ def _setting(name: str, kwargs: dict, configs: list) -> Any:
 
 
 def model_generation_config(model):
-    """The ``generation_config`` of a transformers model, or of the one inside a value-head wrapper (None if neither)."""
-    config = getattr(model, "generation_config", None)
-    if config is None:
-        config = getattr(getattr(model, "pretrained_model", None), "generation_config", None)
-    return config
+    """The ``generation_config`` of a transformers model, or of the one inside a value-head or peft wrapper (None if neither)."""
+    from ..trainer._model_helpers import unwrap_base_model
+
+    return getattr(unwrap_base_model(model), "generation_config", None)
 
 
 def sampling_plan(model, kwargs: dict) -> Optional[dict]:

@@ -31,9 +31,9 @@ def tied_trainable_input_embedding(model: nn.Module) -> Optional[nn.Embedding]:
     or is not safe: untied or frozen embeddings, embeddings that already ask for sparse
     gradients, and weights that are not plain tensors (sharded or flattened parameters).
     """
-    inner = getattr(model, "pretrained_model", model)
-    if hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
+    from ..trainer._model_helpers import unwrap_base_model
+
+    inner = unwrap_base_model(model)
     get_in = getattr(inner, "get_input_embeddings", None)
     get_out = getattr(inner, "get_output_embeddings", None)
     if get_in is None or get_out is None:
