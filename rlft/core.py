@@ -86,8 +86,24 @@ class LengthSampler:
         return f"LengthSampler({self.values[0]}, {self.values[-1] + 1})"
 
 
+def free_device_cache() -> None:
+    """Release cached accelerator memory (and run the garbage collector around it)."""
+    gc.collect()
+    if is_xpu_available():
+        torch.xpu.empty_cache()
+    elif is_npu_available():
+        torch.npu.empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    gc.collect()
+
+
 class PPODecorators:
-    """Holds the ``optimize_device_cache`` switch and the context that frees device memory."""
+    """TRL 0.7's name for the device-cache switch, kept for user code that decorates its own functions.
+
+    ``PPODecorators.optimize_device_cache`` is only read by ``empty_device_cache``; `PPOTrainer` never
+    writes it: each trainer follows its own ``config.optimize_device_cache``.
+    """
 
     optimize_device_cache = False
 
@@ -96,16 +112,8 @@ class PPODecorators:
     def empty_device_cache(cls):
         """After the block, release cached accelerator memory when the switch is on."""
         yield
-        if not cls.optimize_device_cache:
-            return
-        gc.collect()
-        if is_xpu_available():
-            torch.xpu.empty_cache()
-        elif is_npu_available():
-            torch.npu.empty_cache()
-        elif torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        gc.collect()
+        if cls.optimize_device_cache:
+            free_device_cache()
 
 
 def flatten_dict(nested: Mapping, sep: str = "/") -> dict:

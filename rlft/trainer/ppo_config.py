@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Optional
 
+try:  # TRL 0.7.10's dict fields parse as JSON on a tyro command line (--ppo_config.tracker_kwargs='{...}')
+    import tyro
+    from typing_extensions import Annotated
+
+    JSONDict = Annotated[Optional[dict], tyro.conf.arg(metavar="JSON", constructor=json.loads)]
+except ImportError:  # tyro is optional: without it the fields are plain dicts (a JSON string is parsed too)
+    JSONDict = Optional[dict]
+
 from .._compat import warn_once
 from ..import_utils import is_tensorboard_available, is_wandb_available
+from ..functional.critic_free import LOSS_AGGREGATIONS
 from ..functional.ppo import KL_ESTIMATORS
 
 TRACKERS = ("wandb", "tensorboard")
+#: Advantage estimators of `PPOTrainer.step`. "gae" needs a critic (value head); the others are critic-free.
+ADVANTAGE_ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp")
+#: Estimators that compare the samples of a group (``num_generations`` responses to one query).
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+#: Each estimator's paper defaults for the fields left as None (see docs/critic_free.md):
+#: (KL penalty in the per-token reward, kl_loss_coef, loss_aggregation).
+ESTIMATOR_DEFAULTS = {
+    "gae": (True, 0.0, "token_mean"),  # TRL 0.7 / Ziegler et al. 2019
+    "grpo": (False, 0.04, "seq_mean_token_mean"),  # Shao et al. 2024, eq. 3 (beta = 0.04, k3 KL in the loss)
+    "dr_grpo": (False, 0.0, "seq_mean_token_sum_norm"),  # Liu et al. 2025: no std, no length normalisation, no KL
+    "rloo": (True, 0.0, "token_mean"),  # Ahmadian et al. 2024: KL penalty inside the reward
+    "reinforce_pp": (True, 0.0, "token_mean"),  # Hu 2025: token-level KL in the reward, global normalisation
+}
 
 
 def _default_exp_name() -> str:
@@ -47,15 +70,15 @@ class PPOConfig:
     """Name of the reward model, recorded in the model card."""
     remove_unused_columns: bool = True
     """Drop dataset columns the model's forward does not take (datasets.Dataset only)."""
-    tracker_kwargs: dict = field(default_factory=dict)
+    tracker_kwargs: JSONDict = field(default_factory=dict)
     """Keyword arguments for the tracker's init (e.g. wandb's run name)."""
-    accelerator_kwargs: dict = field(default_factory=dict)
+    accelerator_kwargs: JSONDict = field(default_factory=dict)
     """Keyword arguments for `accelerate.Accelerator`."""
-    project_kwargs: dict = field(default_factory=dict)
+    project_kwargs: JSONDict = field(default_factory=dict)
     """Keyword arguments for accelerate's `ProjectConfiguration` (e.g. logging_dir)."""
     tracker_project_name: str = "trl"
     """Project name in the tracker (TRL's default kept, for existing dashboards)."""
-    push_to_hub_if_best_kwargs: dict = field(default_factory=dict)
+    push_to_hub_if_best_kwargs: JSONDict = field(default_factory=dict)
     """Keyword arguments for pushing the best model (recorded; pushing needs network)."""
 
     # ---- optimisation
@@ -146,6 +169,34 @@ class PPOConfig:
     save_total_limit: Optional[int] = None
     """`PPOTrainer.save_checkpoint` keeps only this many newest checkpoints in its folder (None: all)."""
 
+    # ---- critic-free estimators (rlft additions; see docs/critic_free.md)
+    advantage_estimator: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"] = "gae"
+    """How advantages are estimated: "gae" (TRL 0.7's PPO with a value head and GAE) or a critic-free
+    estimator: "grpo" (group-normalised scores, Shao et al. 2024), "dr_grpo" (group mean baseline, no std
+    and no length normalisation, Liu et al. 2025), "rloo" (leave-one-out baseline, Ahmadian et al. 2024),
+    "reinforce_pp" (token returns normalised over the global batch, Hu 2025). Critic-free estimators take
+    a plain causal LM (no value head): no value forward and no value loss."""
+    num_generations: int = 1
+    """Samples per query: `step` gets ``batch_size`` samples in consecutive blocks of this many that share
+    a query (the groups of grpo / dr_grpo / rloo, which need at least 2)."""
+    kl_in_reward: Optional[bool] = None
+    """Subtract ``kl_coef`` x the per-token KL estimate (``kl_penalty``) from the reward, with the adaptive or
+    fixed controller. None: the estimator's default (yes for gae, rloo, reinforce_pp; no for grpo, dr_grpo)."""
+    kl_loss_coef: Optional[float] = None
+    """Weight of a KL term in the loss: the k3 estimator of KL(policy || reference) per token (as GRPO).
+    None: the estimator's default (0.04 for grpo, 0 otherwise)."""
+    loss_aggregation: Optional[Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]] = None
+    """How per-token losses become one number: "token_mean" (mean over every kept token of the minibatch:
+    TRL 0.7, DAPO), "seq_mean_token_mean" (mean of each sequence's token mean: GRPO),
+    "seq_mean_token_sum_norm" (token sum divided by sequences x ``loss_max_tokens``: Dr. GRPO).
+    None: the estimator's default."""
+    loss_max_tokens: Optional[int] = None
+    """The constant token count of "seq_mean_token_sum_norm" (Dr. GRPO uses the generation budget,
+    max_new_tokens). None: the longest response of the step."""
+    cliprange_high: Optional[float] = None
+    """Upper clip range of the policy ratio (DAPO's clip-higher: ratio clipped to [1 - cliprange,
+    1 + cliprange_high]). None: symmetric, ``cliprange``."""
+
     def __post_init__(self) -> None:
         # Old spellings first, so the checks below see the real values.
         if self.forward_batch_size is not None:
@@ -192,6 +243,10 @@ class PPOConfig:
         if self.save_total_limit is not None and (not isinstance(self.save_total_limit, int) or self.save_total_limit < 1):
             raise ValueError(f"PPOConfig.save_total_limit must be a positive integer or None, got {self.save_total_limit!r}.")
 
+        for name in ("tracker_kwargs", "accelerator_kwargs", "project_kwargs", "push_to_hub_if_best_kwargs"):
+            setattr(self, name, _as_dict(getattr(self, name), name))
+        self._check_estimator()
+
         self.backward_batch_size = self.mini_batch_size * self.gradient_accumulation_steps
         if self.batch_size % self.backward_batch_size != 0:
             raise ValueError(
@@ -200,6 +255,51 @@ class PPOConfig:
                 f"{self.backward_batch_size}). Change batch_size or mini_batch_size."
             )
         self._set_world_size(int(os.environ.get("WORLD_SIZE", "1")))
+
+    def _check_estimator(self) -> None:
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"PPOConfig.advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got {self.advantage_estimator!r}.")
+        k = self.num_generations
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"PPOConfig.num_generations must be a positive integer, got {k!r}.")
+        if self.advantage_estimator in GROUP_ESTIMATORS and k < 2:
+            raise ValueError(
+                f"PPOConfig.advantage_estimator={self.advantage_estimator!r} compares the responses to one query, so it "
+                f"needs num_generations >= 2 (got {k}). Set num_generations (e.g. 4) and pass each query's responses "
+                "consecutively, or use advantage_estimator='reinforce_pp', which needs no groups."
+            )
+        if self.batch_size % k != 0:
+            raise ValueError(
+                f"PPOConfig.batch_size ({self.batch_size}) must be a multiple of num_generations ({k}): step() takes "
+                f"batch_size / num_generations queries with {k} responses each. Change batch_size or num_generations."
+            )
+        if self.kl_loss_coef is not None and self.kl_loss_coef < 0:
+            raise ValueError(f"PPOConfig.kl_loss_coef must be >= 0 or None, got {self.kl_loss_coef!r}.")
+        if self.loss_aggregation is not None and self.loss_aggregation not in LOSS_AGGREGATIONS:
+            raise ValueError(f"PPOConfig.loss_aggregation must be one of {LOSS_AGGREGATIONS} or None, got {self.loss_aggregation!r}.")
+        if self.loss_max_tokens is not None and (not isinstance(self.loss_max_tokens, int) or self.loss_max_tokens < 1):
+            raise ValueError(f"PPOConfig.loss_max_tokens must be a positive integer or None, got {self.loss_max_tokens!r}.")
+        if self.cliprange_high is not None and self.cliprange_high <= 0:
+            raise ValueError(f"PPOConfig.cliprange_high must be positive or None, got {self.cliprange_high!r}.")
+
+    @property
+    def total_ppo_epochs(self) -> int:
+        """Loop count of TRL 0.7 scripts (``for epoch in range(config.total_ppo_epochs)``): ceil(steps / batch_size)."""
+        return int(math.ceil(self.steps / self.batch_size))
+
+    @property
+    def uses_critic(self) -> bool:
+        """True for "gae": the value head is trained and its values give the advantages."""
+        return self.advantage_estimator == "gae"
+
+    def resolved_estimator_settings(self) -> tuple[bool, float, str]:
+        """(KL penalty in the reward, kl_loss_coef, loss_aggregation), None fields filled from the estimator's paper."""
+        in_reward, kl_loss, aggregation = ESTIMATOR_DEFAULTS[self.advantage_estimator]
+        return (
+            in_reward if self.kl_in_reward is None else bool(self.kl_in_reward),
+            kl_loss if self.kl_loss_coef is None else float(self.kl_loss_coef),
+            aggregation if self.loss_aggregation is None else self.loss_aggregation,
+        )
 
     def _set_world_size(self, world_size: int) -> None:
         """The one place where the world-size-derived fields are computed."""
@@ -217,3 +317,17 @@ class PPOConfig:
             except TypeError:
                 out[key] = repr(value)
         return out
+
+
+def _as_dict(value, name: str) -> dict:
+    """A dict field given as a dict, None (empty) or a JSON object string (as on a command line)."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"PPOConfig.{name} must be a dict or a JSON object string, got {value!r} ({err}).") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"PPOConfig.{name} must be a dict (or a JSON object), got {type(value).__name__}.")
+    return value

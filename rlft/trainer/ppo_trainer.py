@@ -1,29 +1,28 @@
-"""PPOTrainer: the user-driven PPO loop of TRL 0.7 (`generate`, then `step(queries, responses, scores)`).
+"""PPOTrainer: the user-driven RL loop of TRL 0.7 (`generate`, then `step(queries, responses, scores)`).
 
-The user owns generation and scoring; `step` does the rest (Ziegler et al. 2019):
+The user owns generation and scoring; `step` does the rest, through the methods TRL 0.7 users
+override in subclasses (Ziegler et al. 2019 for PPO; docs/critic_free.md for the other estimators):
 
-    1. validate the inputs and prepare the scores (scaling, normalisation, clipping)
-    2. rollout forward: policy log-probs and values, reference log-probs (no autograd)
-    3. per-token rewards: -beta * KL on every token, the score on the last one
-    4. advantages and returns with GAE
-    5. PPO epochs over shuffled minibatches, with gradient accumulation
-    6. statistics, KL-coefficient update, learning-rate schedule
+    1. validate the inputs, prepare the scores (scaling, normalisation, clipping)
+    2. `batched_forward_pass`: policy log-probs and values, reference log-probs (no autograd)
+    3. `compute_rewards`: the per-token KL estimate and rewards (-beta * KL, the score on the last token)
+    4. `compute_advantages`: GAE with the value head, or a critic-free estimator (GRPO, Dr. GRPO, RLOO, REINFORCE++)
+    5. PPO epochs over shuffled minibatches: `batched_forward_pass` with gradients, `train_minibatch` -> `loss`
+    6. `record_step_stats`, the KL controller and the learning-rate schedule
 
-Everything is computed in *response space*: tensors of shape (B, T) where T is
-the longest response in the batch (the longest response minus its decoder-start
-token for encoder-decoders). Position t holds the log-probability of response
-token t and the value of the state before it. The formulas live in
-`rlft.functional.ppo`.
+Everything is computed in *response space*: tensors of shape (B, T) where T is the longest
+response in the batch (minus its decoder-start token for encoder-decoders). Position t holds
+the log-probability of response token t and the value of the state before it. The formulas
+live in `rlft.functional`; input checks in `_ppo_inputs`, statistics in `_ppo_stats`, the
+containers in `_ppo_types`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -31,105 +30,66 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core import PPODecorators, WANDB_PADDING, convert_to_scalar, flatten_dict, set_seed, stack_dicts, stats_to_np
-from ..functional import masked_mean, masked_var
-from ..functional.logprobs import entropy_from_logits, selected_log_probs
-from ..functional.ppo import approx_kl, gae, kl_full, kl_penalty, per_token_rewards, policy_loss, value_loss
-from ..utils.running import RunningMoments
+from ..core import convert_to_scalar, free_device_cache, set_seed
+from ..functional.critic_free import (
+    clipped_policy_loss, aggregate_loss, discounted_returns, kl_k3, sequence_advantages, sequence_to_token,
+)
+from ..functional import masked_mean
+from ..functional.logprobs import selected_log_probs
+from ..functional.ppo import gae, kl_full, kl_penalty, per_token_rewards, policy_loss, value_loss
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper, create_reference_model
+from ..models.modeling_base import is_peft_model
 from ..utils.faults import NonFiniteGuard, grad_norm, is_out_of_memory, nonfinite_names, out_of_memory_error
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
+from ..utils.running import RunningMoments
 from ..utils.sampling_generate import generate as sampling_generate
 from ..utils.tied_embedding import densify_grad, sparse_embedding_grad, tied_trainable_input_embedding
-from . import _distributed
-from ._ppo_checkpoint import PPOCheckpointMixin
+from . import _distributed, _ppo_stats
 from ._helpers import disable_dropout_in_model, pad
+from ._ppo_checkpoint import PPOCheckpointMixin
+from ._ppo_inputs import InputLimits, check_context, check_queries, validate_step_inputs
+from ._ppo_types import EpochsResult, MinibatchSignals, PaddedBatch, Rollout, StepInputs
 from .base import BaseTrainer
 from .kl_control import AdaptiveKLController, FixedKLController
-from .ppo_config import PPOConfig
+from .ppo_config import GROUP_ESTIMATORS, PPOConfig
 
 #: Added to the running score std before dividing by it.
 SCORE_SCALING_EPS = torch.finfo(torch.float32).eps
-#: Train stats that stay vectors (one entry per token) in the step's stats.
-_VECTOR_STATS = ("policy/advantages", "policy/ratio")
-#: Mean sequence KL below which the negative-KL warning fires (as TRL 0.7).
-NEGATIVE_KL_WARNING = -1.0
-#: Scalar stats of a normal step; a skipped (non-finite) step reports them as NaN so logging code keeps working.
-_SCALAR_STATS = (
-    "objective/kl", "objective/entropy", "ppo/mean_non_score_reward", "ppo/mean_scores", "ppo/std_scores",
-    "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/entropy", "ppo/policy/approxkl",
-    "ppo/policy/policykl", "ppo/policy/clipfrac", "ppo/policy/advantages_mean", "ppo/returns/mean",
-    "ppo/returns/var", "ppo/val/vpred", "ppo/val/error", "ppo/val/clipfrac", "ppo/val/mean", "ppo/val/var",
-    "ppo/val/var_explained",
-)
 
 
-@dataclass
-class PaddedBatch:
-    """Model inputs for n samples, built from ragged query/response lists.
-
-    Causal models: ``input_ids``, ``attention_mask``, ``position_ids`` are (n, Q + R),
-    queries left-padded to Q, responses right-padded to R; ``actions`` = responses (n, T=R).
-    Encoder-decoders: ``input_ids``/``attention_mask`` hold the queries (n, Q),
-    ``decoder_input_ids``/``decoder_attention_mask`` the responses (n, R), whose
-    first token is the decoder start; ``actions`` = responses[:, 1:] (n, T=R-1).
-    ``mask`` (n, T) is 1 on real response tokens the user did not mask out.
-    """
-
-    input_ids: Tensor
-    attention_mask: Tensor
-    actions: Tensor
-    mask: Tensor
-    position_ids: Optional[Tensor] = None
-    decoder_input_ids: Optional[Tensor] = None
-    decoder_attention_mask: Optional[Tensor] = None
-
-    @property
-    def T(self) -> int:
-        return self.actions.shape[1]
+def _collate(examples: list):
+    """The default collator: dicts become a dict of lists (keeps variable-length tensors apart);
+    anything else is collated as torch's default collation does (TRL 0.7's default), falling back
+    to a plain list when the items cannot be stacked (ragged tensors)."""
+    if isinstance(examples[0], dict):
+        return {key: [example[key] for example in examples] for key in examples[0]}
+    try:
+        return torch.utils.data.default_collate(examples)
+    except (RuntimeError, TypeError):
+        return list(examples)
 
 
-@dataclass
-class Rollout:
-    """What `step` computes before the PPO epochs; every tensor is (B, T) unless noted.
-
-    logprobs / ref_logprobs: log-probabilities of the response tokens under the
-    policy and the reference; values: the critic's values; mask: kept tokens;
-    kls: per-token KL estimate; rewards / non_score_rewards: per-token rewards with
-    and without the score; advantages (whitened) and returns; scores: (B,).
-    """
-
-    logprobs: Tensor
-    ref_logprobs: Tensor
-    values: Tensor
-    mask: Tensor
-    kls: Tensor
-    scores: Tensor
-    rewards: Tensor = None
-    non_score_rewards: Tensor = None
-    advantages: Tensor = None
-    returns: Tensor = None
-
-
-def _list_collator(examples: list[dict]) -> dict:
-    """Collate dicts into a dict of lists (keeps variable-length tensors apart)."""
-    return {key: [example[key] for example in examples] for key in examples[0]}
+def _lm(model):
+    """The language model inside a value-head wrapper (or the model itself, for a plain or peft one)."""
+    return getattr(model, "pretrained_model", model)
 
 
 class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
-    """Proximal Policy Optimization for language models with a value head.
+    """Proximal Policy Optimization (and critic-free policy gradients) for language models.
 
     Args:
         config: the `PPOConfig`.
-        model: the policy, a value-head model (`AutoModelForCausalLMWithValueHead` or
-            `AutoModelForSeq2SeqLMWithValueHead`), optionally a peft model inside.
+        model: the policy. With ``advantage_estimator="gae"`` (the default), a value-head model
+            (`AutoModelForCausalLMWithValueHead` or `AutoModelForSeq2SeqLMWithValueHead`), optionally
+            a peft model inside. With a critic-free estimator also a plain transformers or peft model.
         ref_model: the frozen reference for the KL penalty. When None: for a peft
             model the reference is the same model with its adapter disabled (no copy);
             otherwise a frozen copy is made with `create_reference_model`.
         tokenizer: the tokenizer (padding and decoding).
-        dataset: optional `datasets.Dataset` or torch dataset; becomes ``self.dataloader``.
+        dataset: optional `datasets.Dataset`, torch dataset or list; becomes ``self.dataloader``.
         optimizer: optional optimizer (default: Adam on the trainable parameters).
-        data_collator: collator for the dataloader (default: dict of lists).
+        data_collator: collator for the dataloader (default: dicts to a dict of lists, anything
+            else as torch's default collation).
         num_shared_layers: with no ``ref_model``, share this many initial blocks between
             policy and reference (frozen in both). None: a full frozen copy.
         lr_scheduler: optional learning-rate scheduler, stepped once per `step`.
@@ -154,11 +114,7 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
             raise TypeError(f"config must be a PPOConfig, got {type(config).__name__}.")
         super().__init__(config)
         set_seed(config.seed)
-        if not isinstance(model, SUPPORTED_ARCHITECTURES):
-            raise ValueError(
-                f"model must be a value-head model ({', '.join(c.__name__ for c in SUPPORTED_ARCHITECTURES)}), "
-                f"got {type(model).__name__}. Wrap it: AutoModelForCausalLMWithValueHead.from_pretrained(model)."
-            )
+        _check_policy(model, config)
         if tokenizer is None or not hasattr(tokenizer, "pad"):
             raise ValueError("PPOTrainer needs a tokenizer (a transformers PreTrainedTokenizerBase).")
         if ref_model is not None and not isinstance(ref_model, (PreTrainedModelWrapper, torch.nn.Module)):
@@ -175,11 +131,13 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         )
         if config.world_size != self.accelerator.num_processes:
             config._set_world_size(self.accelerator.num_processes)
-        config.is_encoder_decoder = bool(getattr(model, "is_encoder_decoder", False))
-        config.is_peft_model = bool(getattr(model, "is_peft_model", False))
+        self.has_value_head = isinstance(model, SUPPORTED_ARCHITECTURES)
+        config.is_encoder_decoder = bool(getattr(model, "is_encoder_decoder", getattr(model.config, "is_encoder_decoder", False)))
+        config.is_peft_model = bool(getattr(model, "is_peft_model", False) or is_peft_model(model))
         self.is_encoder_decoder = config.is_encoder_decoder
         self.is_peft_model = config.is_peft_model
         self.is_distributed = _distributed.is_distributed(self.accelerator)
+        self._kl_in_reward, self._kl_loss_coef, self._loss_aggregation = config.resolved_estimator_settings()
 
         # -- models: policy and reference. Dropout is switched off: PPO's ratio must be
         # exactly 1 before the first update, which stochastic forwards break.
@@ -199,18 +157,22 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device).eval()
         self._model_kwargs = _accepted_kwargs(model)
-        self._vocab_size, self._context_length = _vocab_and_context(model)
+        self._limits = InputLimits.of(model, self.is_encoder_decoder)
 
         # -- data
-        self.data_collator = data_collator if data_collator is not None else _list_collator
+        if dataset is None:
+            warnings.warn(
+                "No dataset is provided: PPOTrainer.dataloader is None. Make sure config.batch_size matches the "
+                "number of samples you pass to step().", UserWarning, stacklevel=2,
+            )
+        self.data_collator = data_collator if data_collator is not None else _collate
         self.dataset = dataset
         self.dataloader = self.prepare_dataloader(dataset, self.data_collator) if dataset is not None else None
         sampler = getattr(self.dataloader, "sampler", None)
 
-        # -- optimizer, scheduler, accelerator
-        self.optimizer = optimizer or _default_optimizer(
-            [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
-        )
+        # -- optimizer, scheduler, accelerator. A critic-free estimator leaves a value head out of the optimizer.
+        trainable = [p for n, p in model.named_parameters() if p.requires_grad and (config.uses_critic or not n.startswith("v_head."))]
+        self.optimizer = optimizer or _default_optimizer(trainable, lr=config.learning_rate)
         self.lr_scheduler = lr_scheduler
         if self.lr_scheduler is not None and not isinstance(self.lr_scheduler, torch.optim.lr_scheduler.LRScheduler):
             raise ValueError("lr_scheduler must be a torch.optim.lr_scheduler.LRScheduler.")
@@ -236,11 +198,12 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
             else FixedKLController(config.init_kl_coef)
         )
         self.running = RunningMoments(self.accelerator)
-        PPODecorators.optimize_device_cache = bool(config.optimize_device_cache)
         self.current_device = self.accelerator.device
         self.current_step = 0
         self._sync_now = True  # train_minibatch steps the optimizer unless inside an accumulation window
         self._window_updates = 0
+        self._signals = MinibatchSignals()  # what loss / train_minibatch report about the current minibatch
+        self._loss_max_tokens: Optional[int] = config.loss_max_tokens
         self.nonfinite = NonFiniteGuard(config.skip_nonfinite_steps, config.max_consecutive_nonfinite_steps)
         if self.accelerator.is_main_process and config.log_with is not None:
             self.accelerator.init_trackers(
@@ -308,9 +271,12 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         With ``return_prompt=False`` only the new tokens come back (causal models;
         encoder-decoder outputs never contain the prompt). With
         ``generate_ref_response=True`` responses of the reference model come back too.
-        Returns a list of 1-D tensors for a list input, a (1, L) tensor for one query.
-        An empty list gives an empty list. A query longer than the model's context (or
-        one that ``max_new_tokens`` would push past it, for causal models) is a ValueError.
+        ``num_return_sequences=k`` samples k responses per query in the same batched calls
+        (``batch_size`` x k rows each) and returns them grouped: query i's responses at
+        positions i*k .. i*k + k - 1, the layout `step` expects with ``num_generations=k``.
+        Returns a list of 1-D tensors for a list input (or for one query with k > 1), a (1, L)
+        tensor for one query. An empty list gives an empty list. A query longer than the model's
+        context (or one that ``max_new_tokens`` would push past it, for causal models) is a ValueError.
         """
         if isinstance(query_tensor, Tensor) and query_tensor.dim() != 1:
             raise ValueError(
@@ -318,23 +284,27 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
                 "Pass list(batch) for a batch."
             )
         queries = [query_tensor] if isinstance(query_tensor, Tensor) else list(query_tensor)
-        self._validate_queries(queries)
+        check_queries(queries, self._limits)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
         generation_kwargs = dict(generation_kwargs)
         generation_kwargs.setdefault("pad_token_id", self._pad_id)
+        k = generation_kwargs.pop("num_return_sequences", 1)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"num_return_sequences must be a positive integer, got {k!r}.")
+        queries = [q for q in queries for _ in range(k)]  # each query k times, consecutively
 
         policy = self.accelerator.unwrap_model(self.model)
-        advice = [f"generate(batch_size=...) (now {batch_size})",
+        advice = [f"generate(batch_size=...) (now {batch_size}" + (f", x {k} samples per query)" if k > 1 else ")"),
                   f"max_new_tokens (now {generation_kwargs.get('max_new_tokens', 'the generation config default')})",
                   "the query length"]
         with _out_of_memory_hint("PPOTrainer.generate", advice):
-            response = self._generate_batched(policy, queries, length_sampler, batch_size, return_prompt, **generation_kwargs)
+            response = self._generate_batched(policy, queries, length_sampler, batch_size * k, return_prompt, **generation_kwargs)
             ref_response = None
             if generate_ref_response:
                 with self._reference_context() as ref:
-                    ref_response = self._generate_batched(ref, queries, length_sampler, batch_size, return_prompt, **generation_kwargs)
-        if isinstance(query_tensor, Tensor):
+                    ref_response = self._generate_batched(ref, queries, length_sampler, batch_size * k, return_prompt, **generation_kwargs)
+        if isinstance(query_tensor, Tensor) and k == 1:
             response = response[0].unsqueeze(0)
             ref_response = ref_response[0].unsqueeze(0) if ref_response is not None else None
         return (response, ref_response) if generate_ref_response else response
@@ -349,7 +319,7 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
                 if length_sampler is not None:
                     generation_kwargs["max_new_tokens"] = int(length_sampler())
                 batch = [q.to(device=self.current_device, dtype=torch.long) for q in queries[start : start + batch_size]]
-                self._check_context(batch, generation_kwargs.get("max_new_tokens"))
+                check_context(batch, self._limits, generation_kwargs.get("max_new_tokens"))
                 padding_side = "right" if self.is_encoder_decoder else "left"
                 input_ids, attention_mask = _pad(batch, self._pad_id, padding_side)
                 generated = sampling_generate(model, input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
@@ -370,7 +340,7 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
     def _eos_ids(self, generation_kwargs) -> set[int]:
         eos = generation_kwargs.get("eos_token_id")
         if eos is None:
-            gen_cfg = getattr(self.accelerator.unwrap_model(self.model).pretrained_model, "generation_config", None)
+            gen_cfg = getattr(_lm(self.accelerator.unwrap_model(self.model)), "generation_config", None)
             eos = getattr(gen_cfg, "eos_token_id", None)
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -385,13 +355,13 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
             yield self.ref_model
             return
         policy = self.accelerator.unwrap_model(self.model)
-        with policy.pretrained_model.disable_adapter():
+        with _lm(policy).disable_adapter():
             yield policy
 
     def optional_peft_ctx(self):
         """Context in which the policy acts as the reference (adapter disabled) for peft models."""
         if self.is_peft_model:
-            return self.accelerator.unwrap_model(self.model).pretrained_model.disable_adapter()
+            return _lm(self.accelerator.unwrap_model(self.model)).disable_adapter()
         return contextlib.nullcontext()
 
     @property
@@ -401,8 +371,16 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
                 return int(value)
         return 0
 
+    @contextlib.contextmanager
+    def _device_cache(self):
+        """Free cached accelerator memory after the block when ``config.optimize_device_cache`` is on (per trainer)."""
+        try:
+            yield
+        finally:
+            if self.config.optimize_device_cache:
+                free_device_cache()
+
     # ================================================================== step
-    @PPODecorators.empty_device_cache()
     def step(
         self,
         queries: list[Tensor],
@@ -410,10 +388,11 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         scores: list[Tensor],
         response_masks: Optional[list[Tensor]] = None,
     ) -> dict:
-        """Run one PPO optimisation step on a batch of queries, responses and their scores.
+        """Run one optimisation step on a batch of queries, responses and their scores.
 
         Args:
-            queries: ``batch_size`` 1-D token tensors.
+            queries: ``batch_size`` 1-D token tensors (with ``num_generations=k``: consecutive
+                blocks of k equal queries).
             responses: ``batch_size`` 1-D token tensors (encoder-decoders: starting with
                 the decoder-start token, as `generate` returns them).
             scores: ``batch_size`` scalars (0-d tensors or numbers), one per response.
@@ -425,80 +404,76 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         """
         t_start = time.time()
         timing: dict[str, float] = {}
-
-        # 1. validate (bad input raises before anything changes; NaN/inf scores skip the step)
-        queries, responses, scores, response_masks = self._validate_step_inputs(queries, responses, scores, response_masks)
-        nonfinite = self._nonfinite_scores(scores)
-        if nonfinite:
-            return self._skip_step(nonfinite, queries, responses, t_start)
-
-        with _out_of_memory_hint("PPOTrainer.step", self._memory_advice(queries, responses), self._drop_gradients):
-            # 2. rollout forward: policy log-probs and values, reference log-probs; then the scores
-            t = time.perf_counter()
-            rollout = self._rollout(queries, responses, response_masks, scores)
-            timing["time/ppo/forward_pass"] = time.perf_counter() - t
-            nonfinite = self._nonfinite_rollout(rollout)
+        with self._device_cache():
+            # 1. validate (bad input raises before anything changes; NaN/inf scores skip the step)
+            inputs = self._validate(queries, responses, scores, response_masks)
+            nonfinite = self._nonfinite_scores(inputs.scores)
             if nonfinite:
-                return self._skip_step(nonfinite, queries, responses, t_start)
-            running_before = self.running.state_dict()
-            rollout.scores = self._prepare_scores(rollout.scores)
+                return self._skip_step(nonfinite, inputs, t_start)
 
-            # 3. per-token rewards
+            with _out_of_memory_hint("PPOTrainer.step", self._memory_advice(inputs), self._drop_gradients):
+                # 2. rollout forward: policy log-probs and values, reference log-probs (no autograd)
+                t = time.perf_counter()
+                logprobs, ref_logprobs, values, mask, kl_inputs = self._rollout_forward(inputs)
+                timing["time/ppo/forward_pass"] = time.perf_counter() - t
+                running_before = self.running.state_dict()
+                scores_t = self._prepare_scores(inputs.scores)
+
+                # 3. per-token rewards, with the KL estimated from the log-probs
+                t = time.perf_counter()
+                rewards, non_score_rewards, kls = self.compute_rewards(scores_t, *kl_inputs, mask)
+                timing["time/ppo/compute_rewards"] = time.perf_counter() - t
+                nonfinite = self._nonfinite_rollout(logprobs, ref_logprobs, values, kls)
+                if nonfinite:
+                    self.running.load_state_dict(running_before)
+                    return self._skip_step(nonfinite, inputs, t_start)
+
+                # 4. advantages and returns
+                t = time.perf_counter()
+                values, advantages, returns = self.compute_advantages(values, rewards, mask)
+                timing["time/ppo/compute_advantages"] = time.perf_counter() - t
+                rollout = Rollout(inputs, logprobs, ref_logprobs, values, mask, kls, scores_t, rewards,
+                                  non_score_rewards, advantages, returns)
+
+                # 5. PPO epochs over shuffled minibatches (a NaN/inf loss or gradient drops that update and ends them)
+                t = time.perf_counter()
+                epochs = self._ppo_epochs(rollout)
+                timing["time/ppo/optimize_step"] = time.perf_counter() - t
+                timing.update({f"time/ppo/optimize_step/{part}": s for part, s in epochs.seconds.items()})
+
+            # 6. statistics (from all processes), non-finite counters, KL controller, scheduler
             t = time.perf_counter()
-            rollout.rewards, rollout.non_score_rewards = per_token_rewards(
-                rollout.scores, rollout.kls, self.kl_ctl.value, rollout.mask
-            )
-            timing["time/ppo/compute_rewards"] = time.perf_counter() - t
+            stats = self._step_stats(rollout, epochs.stats)
+            stats["ppo/skipped_minibatches"] = float(epochs.skipped)
+            if epochs.nonfinite:  # the epochs stopped early: the step counts as skipped, its controllers stay put
+                self.nonfinite.bad_step(epochs.nonfinite, self.current_step)
+                self.running.load_state_dict(running_before)
+            else:
+                self.nonfinite.good_step()
+            stats.update(self.nonfinite.stats(skipped=bool(epochs.nonfinite)))
+            timing["time/ppo/calc_stats"] = time.perf_counter() - t
+            stats["ppo/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+            if not epochs.nonfinite:
+                self.kl_ctl.update(stats["objective/kl"], self.config.batch_size * self.accelerator.num_processes)
+                if self.lr_scheduler is not None:
+                    self.lr_scheduler.step()
+            timing["time/ppo/total"] = time.time() - t_start
+            stats.update(timing)
+            self.current_step += 1
+            return stats
 
-            # 4. advantages and returns
-            t = time.perf_counter()
-            rollout.values, rollout.advantages, rollout.returns = self.compute_advantages(
-                rollout.values, rollout.rewards, rollout.mask
-            )
-            timing["time/ppo/compute_advantages"] = time.perf_counter() - t
-
-            # 5. PPO epochs over shuffled minibatches (a NaN/inf loss or gradient drops that update and ends them)
-            t = time.perf_counter()
-            all_stats, n_skipped, nonfinite, epoch_times = self._ppo_epochs(queries, responses, response_masks, rollout)
-            timing["time/ppo/optimize_step"] = time.perf_counter() - t
-            timing.update({f"time/ppo/optimize_step/{part}": seconds for part, seconds in epoch_times.items()})
-
-        # 6. statistics (from all processes), non-finite counters, KL controller, scheduler
-        t = time.perf_counter()
-        stats = self._step_stats(rollout, all_stats, queries, responses)
-        stats["ppo/skipped_minibatches"] = float(n_skipped)
-        if nonfinite:  # the epochs stopped early: the step counts as skipped, its controllers stay put
-            self.nonfinite.bad_step(nonfinite, self.current_step)
-            self.running.load_state_dict(running_before)
-        else:
-            self.nonfinite.good_step()
-        stats.update(self.nonfinite.stats(skipped=bool(nonfinite)))
-        timing["time/ppo/calc_stats"] = time.perf_counter() - t
-        stats["ppo/learning_rate"] = self.optimizer.param_groups[0]["lr"]
-
-        if not nonfinite:
-            self.kl_ctl.update(stats["objective/kl"], self.config.batch_size * self.accelerator.num_processes)
-            if self.lr_scheduler is not None:
-                self.lr_scheduler.step()
-        timing["time/ppo/total"] = time.time() - t_start
-        stats.update(timing)
-        self.current_step += 1
-        return stats
-
-    def _skip_step(self, what: str, queries: list[Tensor], responses: list[Tensor], t_start: float) -> dict:
+    def _skip_step(self, what: str, inputs: StepInputs, t_start: float) -> dict:
         """End a step that changed no weight: count it (`NonFiniteError` once too many), report NaN stats.
 
-        The scalar TRL stats are NaN (vectors are left out), so logging code keeps working;
-        the KL controller and the scheduler do not advance.
+        The KL controller and the scheduler do not advance.
         """
         self.nonfinite.bad_step(what, self.current_step)
         self._drop_gradients()
-        stats: dict = {key: math.nan for key in _SCALAR_STATS}
-        for name, seqs in (("queries", queries), ("responses", responses)):
-            stats.update(_length_stats(name, _distributed.gather_rows(_lengths(seqs), self.accelerator)))
-        stats["objective/kl_coef"] = self.kl_ctl.value
-        stats["ppo/skipped_minibatches"] = 0.0
-        stats["ppo/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        gather = lambda seqs: _distributed.gather_rows(_ppo_stats.lengths(seqs), self.accelerator)  # noqa: E731
+        stats = _ppo_stats.skipped_step_stats(
+            _ppo_stats.scalar_stats(self.config.uses_critic), gather(inputs.queries), gather(inputs.responses),
+            self.kl_ctl.value, self.optimizer.param_groups[0]["lr"],
+        )
         stats.update(self.nonfinite.stats(skipped=True))
         stats["time/ppo/total"] = time.time() - t_start
         self.current_step += 1
@@ -508,115 +483,30 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         self.optimizer.zero_grad()
         self._sync_now, self._window_updates = True, 0
 
-    def _memory_advice(self, queries: list[Tensor], responses: list[Tensor]) -> list[str]:
+    def _memory_advice(self, inputs: StepInputs) -> list[str]:
         cfg = self.config
-        longest = max(q.numel() + r.numel() for q, r in zip(queries, responses))
+        longest = max(q.numel() + r.numel() for q, r in zip(inputs.queries, inputs.responses))
         return [
             f"PPOConfig.mini_batch_size (now {cfg.mini_batch_size}: samples per forward and backward chunk), "
             f"raising gradient_accumulation_steps (now {cfg.gradient_accumulation_steps}) to keep their product",
             f"the sample length (longest query + response now {longest} tokens: lower max_new_tokens or truncate queries)",
             f"PPOConfig.batch_size (now {cfg.batch_size})",
-            "or enable gradient checkpointing (model.pretrained_model.gradient_checkpointing_enable())",
+            "or enable gradient checkpointing (the language model's gradient_checkpointing_enable())",
         ]
 
-    def _step_stats(self, rollout: Rollout, all_stats: list[dict], queries: list[Tensor], responses: list[Tensor]) -> dict:
-        """TRL's step stats. Per-sample values are gathered from every process first, so means and
-        standard deviations are those of the global batch."""
-        train_stats = stack_dicts(all_stats) if all_stats else {}
-        if train_stats:
-            train_stats["policy/advantages"] = torch.nan_to_num(train_stats["policy/advantages"].flatten(), WANDB_PADDING)[None]
-            train_stats["policy/ratio"] = train_stats["policy/ratio"].flatten()[None]
-        data = dict(
-            scores=rollout.scores, logprobs=rollout.logprobs, ref_logprobs=rollout.ref_logprobs,
-            non_score_reward=rollout.non_score_rewards, masks=rollout.mask, kls=rollout.kls,
-            query_lens=_lengths(queries), response_lens=_lengths(responses),
-        )
-        if self.is_distributed:
-            gather = lambda t: _distributed.gather_rows(t, self.accelerator)  # noqa: E731
-            data = {key: gather(value) for key, value in data.items()}
-            train_stats = {key: gather(v.flatten())[None] if key in _VECTOR_STATS else gather(v) for key, v in train_stats.items()}
-        stats = self.record_step_stats(kl_coef=self.kl_ctl.value, train_stats=train_stats, queries=queries, responses=responses, **data)
-        for key in _SCALAR_STATS:  # a step whose first minibatch was non-finite has no train stats
-            stats.setdefault(key, math.nan)
-        return {k: (float(v) if isinstance(v, np.ndarray) and v.ndim == 0 else v) for k, v in stats_to_np(stats).items()}
-
     # ---------------------------------------------------------------- 1. inputs
-    def _validate_queries(self, queries) -> None:
-        for i, q in enumerate(queries):
-            if not isinstance(q, Tensor):
-                raise TypeError(f"query {i} must be a torch.Tensor of token ids, got {type(q).__name__}.")
-            _check_token_tensor(q, f"query {i}", min_len=1)
-        self._check_token_range(queries, "queries")
+    def _validate(self, queries, responses, scores, response_masks) -> StepInputs:
+        return validate_step_inputs(
+            queries, responses, scores, response_masks, batch_size=self.config.batch_size, limits=self._limits,
+            device=self.current_device, num_generations=self.config.num_generations,
+        )
 
-    def _check_token_range(self, tensors: list[Tensor], what: str) -> None:
-        """Token ids must index the embedding: an out-of-range id would crash the forward (on CUDA, the process)."""
-        if not tensors or self._vocab_size is None:
-            return
-        lo, hi = torch.aminmax(torch.cat([t.detach().reshape(-1).cpu() for t in tensors]))
-        if int(lo) < 0 or int(hi) >= self._vocab_size:
-            raise ValueError(
-                f"{what} hold token ids in [{int(lo)}, {int(hi)}] but the model's vocabulary has {self._vocab_size} "
-                "entries (ids 0 .. vocab_size - 1). Tokenise with the model's tokenizer."
-            )
-
-    def _check_context(self, queries: list[Tensor], max_new_tokens: Optional[int] = None, responses=None) -> None:
-        """Queries (plus responses or max_new_tokens, for causal models) must fit the model's context."""
-        limit = self._context_length
-        if limit is None:
-            return
-        for i, q in enumerate(queries):
-            if self.is_encoder_decoder:
-                extra = responses[i].numel() if responses is not None else 0
-                total, parts = max(q.numel(), extra), "the query (or response)"
-            else:
-                extra = responses[i].numel() if responses is not None else int(max_new_tokens or 0)
-                total, parts = q.numel() + extra, "query + " + ("response" if responses is not None else "max_new_tokens")
-            if total > limit:
-                raise ValueError(
-                    f"sample {i}: {parts} is {total} tokens, longer than the model's context of {limit} positions. "
-                    "Truncate the queries (e.g. tokenizer(..., truncation=True, max_length=...)) or lower max_new_tokens."
-                )
-
-    def _validate_step_inputs(self, queries, responses, scores, response_masks):
-        """Check every input before anything is computed; returns them on the trainer's device, scores as (B,)."""
-        bs = self.config.batch_size
-        named = {"queries": queries, "responses": responses, "scores": scores}
-        if response_masks is not None:
-            named["response_masks"] = response_masks
-        for name, value in named.items():
-            if not isinstance(value, (list, tuple)):
-                raise TypeError(f"step(): {name} must be a list, got {type(value).__name__}.")
-            if len(value) != bs:
-                raise ValueError(
-                    f"step(): got {len(value)} {name} but PPOConfig.batch_size is {bs}; "
-                    "pass exactly batch_size queries, responses and scores."
-                )
-        self._validate_queries(queries)
-        min_len = 2 if self.is_encoder_decoder else 1
-        for i, r in enumerate(responses):
-            if not isinstance(r, Tensor) or r.dim() != 1:
-                raise ValueError(f"response {i} must be a 1-D tensor of token ids, got {getattr(r, 'shape', type(r).__name__)}.")
-            if r.numel() < min_len:
-                raise ValueError(
-                    f"response {i} is empty: PPO needs at least one generated token per response"
-                    + (" after the decoder-start token" if self.is_encoder_decoder else "")
-                    + ". Filter empty generations out (or set min_new_tokens) before calling step()."
-                )
-            _check_token_tensor(r, f"response {i}", min_len=min_len)
-        self._check_token_range(list(responses), "responses")
-        self._check_context(list(queries), responses=list(responses))
-        device = self.current_device
-        scores_t = torch.stack([_score_value(s, i).to(device) for i, s in enumerate(scores)])  # (B,)
-        if response_masks is not None:
-            for i, (m, r) in enumerate(zip(response_masks, responses)):
-                if not isinstance(m, Tensor) or m.shape != r.shape:
-                    raise ValueError(f"response_masks[{i}] must be a tensor of the response's shape {tuple(r.shape)}, got {getattr(m, 'shape', type(m).__name__)}.")
-                if m.is_meta or m.is_complex() or not bool(((m == 0) | (m == 1)).all()):
-                    raise ValueError(f"response_masks[{i}] must hold only 0 and 1 (1 = the token counts in the loss).")
-            response_masks = [m.to(device) for m in response_masks]
-        queries = [q.to(device=device, dtype=torch.long) for q in queries]  # any integer dtype, any device
-        responses = [r.to(device=device, dtype=torch.long) for r in responses]
-        return queries, responses, scores_t, response_masks
+    def _step_safety_checker(self, batch_size: int, queries: list, responses: list, scores: list, masks: Optional[list] = None):
+        """TRL 0.7's input check of `step`: returns (queries, responses, scores, masks) validated and on the device."""
+        inputs = validate_step_inputs(
+            queries, responses, scores, masks, batch_size=batch_size, limits=self._limits, device=self.current_device,
+        )
+        return inputs.queries, inputs.responses, list(inputs.scores), inputs.response_masks
 
     def _nonfinite_scores(self, scores: Tensor) -> Optional[str]:
         """Where the scores are NaN/inf (on any process), or None."""
@@ -635,7 +525,20 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
             scores = scores.clamp(-self.config.score_clip, self.config.score_clip)
         return scores
 
-    # ---------------------------------------------------------------- 2. rollout
+    def prepare_model_inputs(self, queries: list[Tensor], responses: list[Tensor]) -> dict:
+        """The padded model inputs of query/response pairs (TRL 0.7's public helper), on the trainer's device.
+
+        Causal models: ``input_ids``, ``attention_mask`` and ``position_ids`` (n, Q + R), each query
+        left-padded and each response right-padded, so the responses start at one column.
+        Encoder-decoders: ``input_ids`` / ``attention_mask`` of the queries and ``decoder_input_ids`` /
+        ``decoder_attention_mask`` of the responses.
+        """
+        device = self.current_device
+        batch = self._pad_batch([q.to(device) for q in queries], [r.to(device) for r in responses])
+        names = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "position_ids")
+        return {n: getattr(batch, n) for n in names if getattr(batch, n) is not None}
+
+    # ---------------------------------------------------------------- 2. rollout forward
     def _pad_batch(self, queries, responses, response_masks=None) -> PaddedBatch:
         """Pad ragged queries and responses into model inputs (see `PaddedBatch`)."""
         pad = self._pad_id
@@ -690,150 +593,162 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
             sl = slice(start, start + chunk)
             yield self._pad_batch(queries[sl], responses[sl], response_masks[sl] if response_masks else None)
 
-    @torch.no_grad()
-    def _rollout(self, queries, responses, response_masks, scores) -> Rollout:
-        """Log-probs, values, reference log-probs and per-token KL, in chunks of ``mini_batch_size``."""
-        parts: dict[str, list[Tensor]] = {k: [] for k in ("logprobs", "ref_logprobs", "values", "mask", "kls")}
-        policy = self.accelerator.unwrap_model(self.model)
-        was_training = policy.training
-        policy.eval()
-        try:
-            for batch in self._chunks(queries, responses, response_masks):
-                logits, values = self._forward(policy, batch)
-                with self._reference_context() as ref:
-                    ref_logits, _ = self._forward(ref, batch, return_values=False)
-                logprobs = selected_log_probs(logits, batch.actions)  # (n, T)
-                ref_logprobs = selected_log_probs(ref_logits, batch.actions)
-                if self.config.kl_penalty == "full":
-                    kls = kl_full(logits, ref_logits)
-                else:
-                    kls = kl_penalty(logprobs, ref_logprobs, self.config.kl_penalty)
-                for key, value in (("logprobs", logprobs), ("ref_logprobs", ref_logprobs), ("values", values),
-                                   ("mask", batch.mask), ("kls", kls)):
-                    parts[key].append(value)
-        finally:
-            policy.train(was_training)
-        full = {k: _cat_padded(v) for k, v in parts.items()}
-        mask = full.pop("mask").float()
-        return Rollout(mask=mask, scores=scores, **{k: v * mask for k, v in full.items()})
-
-    def _nonfinite_rollout(self, rollout: Rollout) -> Optional[str]:
-        """Which rollout tensors hold NaN/inf (on any process), or None."""
-        bad = nonfinite_names({"log-probs": rollout.logprobs, "reference log-probs": rollout.ref_logprobs,
-                               "values": rollout.values, "per-token KL": rollout.kls})
-        if not _distributed.any_over_processes(bool(bad), self.accelerator):
-            return None
-        return f"the rollout ({', '.join(bad)} on process {self.accelerator.process_index})" if bad else "the rollout of another process"
-
     def batched_forward_pass(
         self, model, queries: Tensor, responses: Tensor, model_inputs: dict = None, return_logits: bool = False,
         response_masks: Optional[Tensor] = None,
     ):
-        """Forward ``model`` over the batch in chunks of ``mini_batch_size``, without gradients.
+        """Forward ``model`` over the batch in chunks of ``mini_batch_size``.
 
-        queries, responses: lists (or batched tensors) of token ids. ``model_inputs`` is
-        accepted for TRL compatibility and ignored: the inputs are rebuilt from the
-        token lists with correct padding and position ids. Returns
-        (logprobs (B, T), logits (B, T, V) or None, values (B, T), masks (B, T)).
+        Gradients flow when the caller allows them (`step` calls it under ``torch.no_grad`` for the
+        rollout and with gradients for each PPO minibatch, as TRL 0.7 did). queries, responses:
+        lists (or batched tensors) of token ids. ``model_inputs`` is accepted for TRL compatibility
+        and ignored: the inputs are rebuilt from the token lists with correct padding and position
+        ids. Returns (logprobs (B, T), logits (B, T, V) or None, values (B, T): zeros for a model
+        without a value head, masks (B, T)).
         """
         queries, responses = list(queries), list(responses)
         response_masks = list(response_masks) if response_masks is not None else None
         out = {k: [] for k in ("logprobs", "logits", "values", "mask")}
-        with torch.no_grad():
-            for batch in self._chunks(queries, responses, response_masks):
-                logits, values = self._forward(model, batch)
-                out["logprobs"].append(selected_log_probs(logits, batch.actions))
-                out["logits"].append(logits if return_logits else None)
-                out["values"].append(values if values is not None else torch.zeros_like(batch.mask, dtype=torch.float32))
-                out["mask"].append(batch.mask)
+        for batch in self._chunks(queries, responses, response_masks):
+            logits, values = self._forward(model, batch)
+            out["logprobs"].append(selected_log_probs(logits, batch.actions))
+            out["logits"].append(logits if return_logits else None)
+            out["values"].append(values if values is not None else torch.zeros_like(batch.mask, dtype=torch.float32))
+            out["mask"].append(batch.mask)
         logits = _cat_padded(out["logits"]) if return_logits else None
         return _cat_padded(out["logprobs"]), logits, _cat_padded(out["values"]), _cat_padded(out["mask"])
 
+    @torch.no_grad()
+    def _rollout_forward(self, inputs: StepInputs):
+        """Policy and reference log-probs, values and the mask, each (B, T), zero where masked; and what
+        `compute_rewards` estimates the KL from: the log-probs, or (``kl_penalty="full"``) the full
+        log-distributions (B, T, V)."""
+        full = self.config.kl_penalty == "full"
+        policy = self.accelerator.unwrap_model(self.model)
+        was_training = policy.training
+        policy.eval()
+        try:
+            args = (inputs.queries, inputs.responses)
+            logprobs, logits, values, mask = self.batched_forward_pass(policy, *args, return_logits=full, response_masks=inputs.response_masks)
+            with self._reference_context() as ref:
+                ref_logprobs, ref_logits, _, _ = self.batched_forward_pass(ref, *args, return_logits=full, response_masks=inputs.response_masks)
+        finally:
+            policy.train(was_training)
+        mask = mask.float()
+        logprobs, ref_logprobs, values = logprobs * mask, ref_logprobs * mask, values * mask
+        if full:  # TRL 0.7 hands compute_rewards the full log-distributions for the exact KL
+            kl_inputs = (torch.log_softmax(logits.float(), dim=-1), torch.log_softmax(ref_logits.float(), dim=-1))
+        else:
+            kl_inputs = (logprobs, ref_logprobs)
+        return logprobs, ref_logprobs, values, mask, kl_inputs
+
+    def _nonfinite_rollout(self, logprobs: Tensor, ref_logprobs: Tensor, values: Tensor, kls: Tensor) -> Optional[str]:
+        """Which rollout tensors hold NaN/inf (on any process), or None."""
+        bad = nonfinite_names({"log-probs": logprobs, "reference log-probs": ref_logprobs, "values": values, "per-token KL": kls})
+        if not _distributed.any_over_processes(bool(bad), self.accelerator):
+            return None
+        return f"the rollout ({', '.join(bad)} on process {self.accelerator.process_index})" if bad else "the rollout of another process"
+
     # ---------------------------------------------------------------- 3. rewards
+    def _kl_penalty(self, logprob: Tensor, ref_logprob: Tensor) -> Tensor:
+        """Per-token KL estimate with ``config.kl_penalty`` (TRL 0.7's private helper). (B, T) -> (B, T);
+        for "full", the full log-distributions (B, T, V) -> (B, T)."""
+        if self.config.kl_penalty == "full":
+            return kl_full(logprob, ref_logprob)  # log_softmax of log-probs is the identity
+        return kl_penalty(logprob, ref_logprob, self.config.kl_penalty)
+
     def compute_rewards(self, scores: Tensor, logprobs: Tensor, ref_logprobs: Tensor, masks: Tensor):
         """Per-token rewards from the scores and the KL penalty.
 
         scores: (B,); logprobs, ref_logprobs, masks: (B, T) — or, for ``kl_penalty="full"``,
         full log-distributions (B, T, V). Returns (rewards, non_score_rewards, kls), each (B, T).
+        The KL enters the reward only when the estimator keeps it there (``kl_in_reward``).
         """
-        if self.config.kl_penalty == "full" and logprobs.dim() == 3:
-            kls = (logprobs.exp() * (logprobs - ref_logprobs)).sum(-1)  # KL(p || q) per token
-        else:
-            kls = kl_penalty(logprobs, ref_logprobs, self.config.kl_penalty if self.config.kl_penalty != "full" else "kl")
-        rewards, non_score = per_token_rewards(scores, kls, self.kl_ctl.value, masks)
+        kls = self._kl_penalty(logprobs, ref_logprobs) * masks
+        kl_coef = self.kl_ctl.value if self._kl_in_reward else 0.0
+        rewards, non_score = per_token_rewards(scores, kls, kl_coef, masks)
         return rewards, non_score, kls
 
     # ---------------------------------------------------------------- 4. advantages
     def compute_advantages(self, values: Tensor, rewards: Tensor, mask: Tensor):
-        """GAE advantages (whitened over the batch) and returns. (B, T) each -> (values, advantages, returns)."""
+        """Advantages and returns with ``config.advantage_estimator``. (B, T) each -> (values, advantages, returns).
+
+        gae: GAE over the value head's values, whitened over the global batch. grpo / dr_grpo /
+        rloo: the sequence reward (the sum of the token rewards: the score, minus the KL penalty
+        when it is in the reward) compared within each group of ``num_generations``, broadcast
+        to the tokens; returns are the sequence rewards. reinforce_pp: token returns-to-go,
+        normalised over the global batch (all processes).
+        """
+        cfg = self.config
         values = values * mask
         rewards = rewards * mask
         # Whitening uses the statistics of the global batch (all processes), as one process would.
-        if self.config.whiten_rewards:
+        if cfg.whiten_rewards:
             rewards = _distributed.masked_whiten_over_processes(rewards, mask, self.accelerator, shift_mean=False)
-        advantages, returns = gae(values, rewards, mask, gamma=self.config.gamma, lam=self.config.lam)
-        advantages = _distributed.masked_whiten_over_processes(advantages, mask, self.accelerator).detach()
-        return values, advantages, returns
+        if cfg.advantage_estimator == "gae":
+            advantages, returns = gae(values, rewards, mask, gamma=cfg.gamma, lam=cfg.lam)
+            advantages = _distributed.masked_whiten_over_processes(advantages, mask, self.accelerator)
+        elif cfg.advantage_estimator in GROUP_ESTIMATORS:
+            sequence_rewards = rewards.sum(dim=1)  # (B,)
+            advantages = sequence_to_token(sequence_advantages(cfg.advantage_estimator, sequence_rewards, cfg.num_generations), mask)
+            returns = sequence_to_token(sequence_rewards, mask)
+        else:  # reinforce_pp
+            returns = discounted_returns(rewards, mask, cfg.gamma)
+            advantages = _distributed.masked_whiten_over_processes(returns, mask, self.accelerator) * mask
+        return values, advantages.detach(), returns
 
     # ---------------------------------------------------------------- 5. PPO epochs
-    def _ppo_epochs(
-        self, queries, responses, response_masks, rollout: Rollout
-    ) -> tuple[list[dict], int, Optional[str], dict[str, float]]:
-        """Returns the minibatch stats, the number of minibatches skipped by ratio_threshold,
-        where NaN/inf values stopped the epochs (None when they ran to the end), and the seconds
-        spent in the forward passes and losses ("forward"), the backward passes ("backward") and
-        the clipping plus optimizer steps ("optimizer").
+    def _ppo_epochs(self, rollout: Rollout) -> EpochsResult:
+        """``ppo_epochs`` passes over the rollout in shuffled minibatches, with gradient accumulation.
 
         The clocks are host-side (perf_counter, no device sync): on CUDA a phase's kernels may
         still run when its clock stops, so part of their time lands in the next phase.
         """
         cfg = self.config
-        bs = len(queries)
+        bs = len(rollout.inputs.queries)
         all_stats: list[dict] = []
         n_skipped = 0
-        nonfinite = None
         seconds = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+        self._loss_max_tokens = cfg.loss_max_tokens or rollout.mask.shape[1]
         self.model.train()
         for _ in range(cfg.ppo_epochs):
             order = np.random.permutation(bs)
-            stop = False
             for bstart in range(0, bs, cfg.backward_batch_size):
                 window = order[bstart : bstart + cfg.backward_batch_size]
+                self.optimizer.zero_grad()  # here, not after the step: the last gradients stay inspectable (TRL 0.7)
                 self._window_updates = 0
-                for k, mstart in enumerate(range(0, len(window), cfg.mini_batch_size)):
-                    idx = window[mstart : mstart + cfg.mini_batch_size].tolist()
+                for mstart in range(0, len(window), cfg.mini_batch_size):
                     self._sync_now = mstart + cfg.mini_batch_size >= len(window)
-                    batch = self._pad_batch([queries[i] for i in idx], [responses[i] for i in idx],
-                                            [response_masks[i] for i in idx] if response_masks else None)
-                    T = batch.T
-                    sync_ctx = contextlib.nullcontext() if self._sync_now or not self.is_distributed else self.accelerator.no_sync(self.model)
-                    with sync_ctx:
-                        t = time.perf_counter()
-                        with sparse_embedding_grad(self._tied_embedding):
-                            logits, vpreds = self._forward(self.model, batch)
-                        logprobs = selected_log_probs(logits, batch.actions)
-                        seconds["forward"] += time.perf_counter() - t
-                        old = {k2: getattr(rollout, k2)[idx, :T] for k2 in ("logprobs", "values", "mask", "advantages", "returns")}
-                        train_stats = self.train_minibatch(
-                            old["logprobs"], old["values"], logprobs, logits, vpreds, old["mask"], old["advantages"], old["returns"]
-                        )
+                    signals = self._minibatch_update(rollout, window[mstart : mstart + cfg.mini_batch_size].tolist(), all_stats)
                     for part in seconds:
-                        seconds[part] += train_stats.pop(f"_seconds/{part}", 0.0)
-                    n_skipped += int(train_stats.pop("_skipped"))
-                    nonfinite = train_stats.pop("_nonfinite")
-                    if nonfinite:  # the update was dropped; later minibatches would start from the same state
-                        stop = True
-                        break
-                    all_stats.append(train_stats)
-                    if cfg.early_stopping and self._early_stop(train_stats["policy/policykl"]):
-                        stop = True
-                        break
-                if stop:
-                    break
-            if stop:
-                break
+                        seconds[part] += signals.seconds[part]
+                    n_skipped += int(signals.skipped)
+                    if signals.nonfinite:  # the update was dropped; later minibatches would start from the same state
+                        self._sync_now = True
+                        return EpochsResult(all_stats, n_skipped, signals.nonfinite, seconds)
+                    if cfg.early_stopping and self._early_stop(all_stats[-1]["policy/policykl"]):
+                        self._sync_now = True
+                        return EpochsResult(all_stats, n_skipped, None, seconds)
         self._sync_now = True
-        return all_stats, n_skipped, nonfinite, seconds
+        return EpochsResult(all_stats, n_skipped, None, seconds)
+
+    def _minibatch_update(self, rollout: Rollout, idx: list[int], all_stats: list[dict]) -> MinibatchSignals:
+        """Forward one minibatch with gradients and hand it to `train_minibatch` (its stats go to ``all_stats``)."""
+        mb = rollout.minibatch(idx)
+        signals = self._signals = MinibatchSignals()
+        sync_ctx = contextlib.nullcontext() if self._sync_now or not self.is_distributed else self.accelerator.no_sync(self.model)
+        with sync_ctx:
+            t = time.perf_counter()
+            with sparse_embedding_grad(self._tied_embedding):
+                logprobs, logits, vpreds, _ = self.batched_forward_pass(
+                    self.model, mb.queries, mb.responses, return_logits=True, response_masks=mb.response_masks
+                )
+            signals.seconds["forward"] += time.perf_counter() - t
+            extra = {"ref_logprobs": mb.ref_logprobs} if self._kl_loss_coef > 0 else {}
+            stats = self.train_minibatch(mb.old_logprobs, mb.values, logprobs, logits, vpreds, mb.mask, mb.advantages, mb.returns, **extra)
+        if not signals.nonfinite:
+            all_stats.append(stats)
+        return signals
 
     def _early_stop(self, policykl: Tensor) -> bool:
         """True once the policy KL of a minibatch exceeds 1.5 x target_kl (on any process)."""
@@ -844,47 +759,43 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
 
     def train_minibatch(
         self, old_logprobs: Tensor, values: Tensor, logprobs: Tensor, logits: Tensor, vpreds: Tensor,
-        mask: Tensor, advantages: Tensor, returns: Tensor,
+        mask: Tensor, advantages: Tensor, returns: Tensor, ref_logprobs: Optional[Tensor] = None,
     ) -> dict:
-        """Backward one PPO minibatch; step the optimizer at the end of an accumulation window.
+        """Backward one minibatch; step the optimizer at the end of an accumulation window.
 
-        All tensors (n, T) except logits (n, T, V). Returns the minibatch's stats. A NaN/inf
-        loss is not backpropagated and NaN/inf gradients are not applied: the accumulation
-        window's gradients are dropped and ``_nonfinite`` in the stats says which it was.
-        ``_seconds/forward``, ``_seconds/backward`` and ``_seconds/optimizer`` time the loss,
-        the backward pass and the clipping plus optimizer step (host-side clocks).
+        All tensors (n, T) except logits (n, T, V); ``ref_logprobs`` only with a KL loss term.
+        Returns the minibatch's stats. A NaN/inf loss is not backpropagated and NaN/inf
+        gradients are not applied: the accumulation window's gradients are dropped, and the
+        trainer's `MinibatchSignals` say which it was (with the clocks of each part).
         """
         self.model.train()
-        seconds = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+        signals = self._signals
         t = time.perf_counter()
-        loss_p, loss_v, train_stats = self.loss(old_logprobs, values, logits, vpreds, logprobs, mask, advantages, returns)
-        skipped = bool(train_stats.pop("_skipped"))
+        extra = {"ref_logprobs": ref_logprobs} if ref_logprobs is not None else {}
+        loss_p, loss_v, train_stats = self.loss(old_logprobs, values, logits, vpreds, logprobs, mask, advantages, returns, **extra)
         loss = (loss_p + loss_v) / self.config.gradient_accumulation_steps
-        seconds["forward"] = time.perf_counter() - t
-        nonfinite = None
+        signals.seconds["forward"] += time.perf_counter() - t
         # Decided on all processes together: a process skipping backward alone would hang the gradient all-reduce.
         if _distributed.any_over_processes(not bool(torch.isfinite(loss.detach())), self.accelerator):
-            nonfinite = "the PPO loss"
+            signals.nonfinite = "the PPO loss"
             self._drop_gradients()
-        else:
+            return train_stats
+        t = time.perf_counter()
+        self.accelerator.backward(loss)
+        signals.seconds["backward"] += time.perf_counter() - t
+        self._window_updates += 0 if signals.skipped else 1
+        if self._sync_now:
             t = time.perf_counter()
-            self.accelerator.backward(loss)
-            seconds["backward"] = time.perf_counter() - t
-            self._window_updates += 0 if skipped else 1
-            if self._sync_now:
-                t = time.perf_counter()
-                nonfinite = self._optimizer_step()
-                seconds["optimizer"] = time.perf_counter() - t
-        train_stats["_skipped"] = skipped
-        train_stats["_nonfinite"] = nonfinite
-        train_stats.update({f"_seconds/{part}": value for part, value in seconds.items()})
+            signals.nonfinite = self._optimizer_step()
+            signals.seconds["optimizer"] += time.perf_counter() - t
         return train_stats
 
     def _optimizer_step(self) -> Optional[str]:
-        """Clip and apply the window's gradients unless one is NaN/inf (then return "the gradients").
+        """Clip and apply the window's gradients unless one is NaN/inf (then drop them, return "the gradients").
 
         The gradient norm is computed once: by the clipping when max_grad_norm is set (it returns
-        the norm before clipping, NaN/inf when a gradient is), else by `grad_norm`.
+        the norm before clipping, NaN/inf when a gradient is), else by `grad_norm`. The applied
+        gradients stay on the parameters until the next window starts, as in TRL 0.7.
         """
         nonfinite = None
         if self._window_updates > 0:
@@ -896,26 +807,40 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
                 norm = grad_norm(params)
             if _distributed.any_over_processes(not bool(torch.isfinite(torch.as_tensor(norm))), self.accelerator):
                 nonfinite = "the gradients"
+                self.optimizer.zero_grad()
             else:
                 self.optimizer.step()
-        self.optimizer.zero_grad()
         self._window_updates = 0
         return nonfinite
 
     def loss(
         self, old_logprobs: Tensor, values: Tensor, logits: Tensor, vpreds: Tensor, logprobs: Tensor,
-        mask: Tensor, advantages: Tensor, returns: Tensor,
+        mask: Tensor, advantages: Tensor, returns: Tensor, ref_logprobs: Optional[Tensor] = None,
     ):
-        """Clipped policy loss and weighted clipped value loss of one minibatch.
+        """The policy loss (plus the KL term, when ``kl_loss_coef`` > 0) and the weighted value loss of one minibatch.
 
-        All tensors (n, T) except logits (n, T, V). Returns (policy_loss,
-        vf_coef * value_loss, stats). A minibatch whose mean ratio exceeds
+        All tensors (n, T) except logits (n, T, V). Returns (policy_loss, vf_coef * value_loss, stats);
+        without a critic the value loss is zero. A minibatch whose mean ratio exceeds
         ``ratio_threshold`` contributes zero loss (and is counted as skipped).
         """
         cfg = self.config
-        pg_loss, pg_clipfrac, ratio = policy_loss(logprobs, old_logprobs, advantages, mask, cfg.cliprange)
-        vf_loss, vf_clipfrac = value_loss(vpreds, values, returns, mask, cfg.cliprange_value)
-        total = pg_loss + cfg.vf_coef * vf_loss
+        if cfg.uses_critic and cfg.cliprange_high is None and self._loss_aggregation == "token_mean":
+            pg_loss, pg_clipfrac, ratio = policy_loss(logprobs, old_logprobs, advantages, mask, cfg.cliprange)  # TRL 0.7's
+        else:
+            pg_loss, pg_clipfrac, ratio = clipped_policy_loss(
+                logprobs, old_logprobs, advantages, mask, clip_low=cfg.cliprange,
+                clip_high=cfg.cliprange if cfg.cliprange_high is None else cfg.cliprange_high,
+                aggregation=self._loss_aggregation, max_tokens=self._loss_max_tokens,
+            )
+        vf_loss = vf_clipfrac = None
+        if cfg.uses_critic:
+            vf_loss, vf_clipfrac = value_loss(vpreds, values, returns, mask, cfg.cliprange_value)
+        kl_loss = None
+        if self._kl_loss_coef > 0 and ref_logprobs is not None:  # GRPO: k3 KL to the reference in the loss
+            kl_loss = aggregate_loss(kl_k3(logprobs, ref_logprobs), mask, self._loss_aggregation, max_tokens=self._loss_max_tokens)
+        policy_total = pg_loss if kl_loss is None else pg_loss + self._kl_loss_coef * kl_loss
+        value_term = cfg.vf_coef * vf_loss if vf_loss is not None else torch.zeros((), device=pg_loss.device)
+        total = pg_loss + value_term if kl_loss is None else policy_total + value_term
         avg_ratio = masked_mean(ratio, mask).item()
         skipped = _distributed.any_over_processes(avg_ratio > cfg.ratio_threshold, self.accelerator)
         if skipped:
@@ -926,28 +851,37 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
                 UserWarning,
                 stacklevel=2,
             )
-            pg_loss, vf_loss, total = pg_loss * 0.0, vf_loss * 0.0, total * 0.0
-        with torch.no_grad():
-            entropy = masked_mean(entropy_from_logits(logits.detach()), mask)
-            kl_approx, kl_policy = approx_kl(logprobs.detach(), old_logprobs, mask)
-            stats = dict(
-                loss=dict(policy=pg_loss.detach(), value=vf_loss.detach(), total=total.detach()),
-                policy=dict(
-                    entropy=entropy, approxkl=kl_approx, policykl=kl_policy, clipfrac=pg_clipfrac.detach(),
-                    advantages=advantages.detach(), advantages_mean=masked_mean(advantages, mask).detach(),
-                    ratio=ratio.detach(),
-                ),
-                returns=dict(mean=masked_mean(returns, mask), var=_safe_var(returns, mask)),
-                val=dict(
-                    vpred=masked_mean(vpreds.detach(), mask), error=masked_mean((vpreds.detach() - returns) ** 2, mask),
-                    clipfrac=vf_clipfrac.detach(), mean=masked_mean(values, mask), var=_safe_var(values, mask),
-                ),
-            )
-        flat = flatten_dict(stats)
-        flat["_skipped"] = skipped
-        return pg_loss, cfg.vf_coef * vf_loss, flat
+            policy_total, value_term, total = policy_total * 0.0, value_term * 0.0, total * 0.0
+            pg_loss = pg_loss * 0.0
+            vf_loss = vf_loss * 0.0 if vf_loss is not None else None
+        self._signals.skipped = skipped
+        stats = _ppo_stats.minibatch_stats(
+            pg_loss=pg_loss, vf_loss=vf_loss, total=total, logits=logits, logprobs=logprobs, old_logprobs=old_logprobs,
+            mask=mask, advantages=advantages, ratio=ratio, clipfrac=pg_clipfrac, returns=returns, values=values,
+            vpreds=vpreds, vf_clipfrac=vf_clipfrac, kl_loss=kl_loss,
+        )
+        return policy_total, value_term, stats
 
     # ---------------------------------------------------------------- 6. stats
+    def _step_stats(self, rollout: Rollout, all_stats: list[dict]) -> dict:
+        """TRL's step stats. Per-sample values are gathered from every process first, so means and
+        standard deviations are those of the global batch."""
+        train_stats = _ppo_stats.stack_train_stats(all_stats)
+        data = dict(
+            scores=rollout.scores, logprobs=rollout.logprobs, ref_logprobs=rollout.ref_logprobs,
+            non_score_reward=rollout.non_score_rewards, masks=rollout.mask, kls=rollout.kls,
+            query_lens=_ppo_stats.lengths(rollout.inputs.queries), response_lens=_ppo_stats.lengths(rollout.inputs.responses),
+        )
+        if self.is_distributed:
+            gather = lambda t: _distributed.gather_rows(t, self.accelerator)  # noqa: E731
+            data = {key: gather(value) for key, value in data.items()}
+            train_stats = {key: gather(v.flatten())[None] if key in _ppo_stats.VECTOR_STATS else gather(v) for key, v in train_stats.items()}
+        stats = self.record_step_stats(
+            kl_coef=self.kl_ctl.value, train_stats=train_stats, queries=rollout.inputs.queries,
+            responses=rollout.inputs.responses, **data,
+        )
+        return _ppo_stats.to_numpy(stats, _ppo_stats.scalar_stats(self.config.uses_critic))
+
     def record_step_stats(self, kl_coef: float, **data) -> dict:
         """Summarise a step: KL, entropy, scores, lengths and the averaged PPO stats (TRL's key names).
 
@@ -955,46 +889,15 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         queries and responses (lists; or their lengths as ``query_lens`` / ``response_lens``),
         train_stats (stacked minibatch stats).
         """
-        mask = data.pop("masks")
-        kls = data.pop("kls")
-        kl_list = (kls * mask).sum(dim=-1)  # (B,) sequence KL with the configured estimator
-        mean_kl = kl_list.mean()
-        mean_entropy = (-data["logprobs"] * mask).sum(dim=-1).mean()
-        mean_non_score_reward = masked_mean(data["non_score_reward"], mask)
-        scores = data["scores"]
-        if mean_kl.item() < NEGATIVE_KL_WARNING:
-            warnings.warn(
-                f"The KL to the reference is negative ({mean_kl.item():.2f}): the responses are more likely under "
-                "the reference than under the policy that produced them. This usually comes from generation "
-                "settings that change the sampling distribution (min_length / min_new_tokens, top_k, top_p, "
-                "temperature, suppressed EOS, a pad token equal to a real token) or from responses that were not "
-                "sampled from this policy. Sample with do_sample=True, top_k=0, top_p=1.0 and no length forcing.",
-                UserWarning,
-                stacklevel=2,
-            )
-        stats = {
-            "objective/kl": mean_kl,
-            "objective/kl_dist": kl_list,
-            "objective/logprobs": data["logprobs"],
-            "objective/ref_logprobs": data["ref_logprobs"],
-            "objective/kl_coef": kl_coef,
-            "objective/entropy": mean_entropy,
-            "ppo/mean_non_score_reward": mean_non_score_reward,
-            "ppo/mean_scores": scores.mean(),
-            "ppo/std_scores": scores.std() if scores.numel() > 1 else torch.zeros(()),
-        }
         query_lens = data.get("query_lens")  # given (gathered from all processes) by step
         response_lens = data.get("response_lens")
-        query_lens = _lengths(data["queries"]) if query_lens is None else query_lens
-        response_lens = _lengths(data["responses"]) if response_lens is None else response_lens
-        for name, lens in (("queries", query_lens), ("responses", response_lens)):
-            stats.update(_length_stats(name, lens))
-        for key, value in data["train_stats"].items():
-            mean = value.float().mean(dim=0)
-            stats[f"ppo/{key}"] = mean.reshape(()) if mean.numel() == 1 and key not in _VECTOR_STATS else mean
-        if "ppo/val/error" in stats:
-            stats["ppo/val/var_explained"] = 1 - stats["ppo/val/error"] / stats["ppo/returns/var"].clamp(min=1e-12)
-        return stats
+        return _ppo_stats.summarise_step(
+            kl_coef, scores=data["scores"], logprobs=data["logprobs"], ref_logprobs=data["ref_logprobs"],
+            non_score_reward=data["non_score_reward"], masks=data["masks"], kls=data["kls"],
+            query_lens=_ppo_stats.lengths(data["queries"]) if query_lens is None else query_lens,
+            response_lens=_ppo_stats.lengths(data["responses"]) if response_lens is None else response_lens,
+            train_stats=data["train_stats"], num_generations=self.config.num_generations,
+        )
 
     def gather_stats(self, stats: dict) -> dict:
         """Average the tensor stats over all processes."""
@@ -1047,6 +950,8 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         base = getattr(self.accelerator.unwrap_model(self.model).config, "_name_or_path", "") or "unknown"
+        value_head_line = ("- Value head: saved in `value_head.safetensors` (needed only to continue PPO training)"
+                           if self.has_value_head else f"- Advantage estimator: {cfg.advantage_estimator} (critic-free, no value head)")
         rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in cfg.to_dict().items())
         card = f"""---
 library_name: rlft
@@ -1065,7 +970,7 @@ A language model fine-tuned with PPO (reinforcement learning from a reward signa
 - Base model: `{base}`
 - Task: {cfg.task_name or "not recorded"}; query dataset: {cfg.query_dataset or "not recorded"}; reward model: {cfg.reward_model or "not recorded"}
 - PPO steps done: {self.current_step}; final KL coefficient: {self.kl_ctl.value:.4g}
-- Value head: saved in `value_head.safetensors` (needed only to continue PPO training)
+{value_head_line}
 
 ## Usage
 
@@ -1104,6 +1009,26 @@ model = AutoModelForCausalLMWithValueHead.from_pretrained("{path.name}")
         self.create_model_card(save_directory)
 
 # ====================================================================== helpers
+def _check_policy(model, config: PPOConfig) -> None:
+    """GAE needs a value-head model; a critic-free estimator takes any causal / seq2seq LM (warned once about a value head)."""
+    if isinstance(model, SUPPORTED_ARCHITECTURES):
+        if not config.uses_critic:
+            warnings.warn(
+                f"advantage_estimator={config.advantage_estimator!r} needs no critic: the model's value head is not "
+                "trained (and not in the optimizer). Pass the plain model (e.g. AutoModelForCausalLM) to save its forward.",
+                UserWarning, stacklevel=3,
+            )
+        return
+    if not config.uses_critic and isinstance(model, torch.nn.Module) and hasattr(model, "config") and hasattr(model, "generate"):
+        return
+    raise ValueError(
+        f"model must be a value-head model ({', '.join(c.__name__ for c in SUPPORTED_ARCHITECTURES)}) with "
+        f"advantage_estimator='gae', got {type(model).__name__}. Wrap it: "
+        "AutoModelForCausalLMWithValueHead.from_pretrained(model), or choose a critic-free estimator "
+        "(PPOConfig(advantage_estimator='grpo' | 'dr_grpo' | 'rloo' | 'reinforce_pp')), which takes the plain model."
+    )
+
+
 def _pad(seqs: list[Tensor], value: int, side: str) -> tuple[Tensor, Tensor]:
     """Stack 1-D tensors into (n, max_len) with ``value`` padding on ``side``; also return the 0/1 mask."""
     ids = pad(seqs, padding_value=value, padding_side=side)
@@ -1122,7 +1047,9 @@ def _pad_right(t: Tensor, width: int) -> Tensor:
 
 
 def _cat_padded(parts: list[Tensor]) -> Tensor:
-    """Concatenate chunks along dim 0, zero-padding dim 1 to the widest chunk."""
+    """Concatenate chunks along dim 0, zero-padding dim 1 to the widest chunk (one chunk: itself, no copy)."""
+    if len(parts) == 1:
+        return parts[0]
     width = max(p.shape[1] for p in parts)
     return torch.cat([_pad_right(p, width) for p in parts])
 
@@ -1138,52 +1065,6 @@ def _after_first(tokens: Tensor, eos_ids: set[int]) -> int:
     return int(hits[0, 0]) + 1 if hits.numel() else tokens.shape[0]
 
 
-def _check_token_tensor(t: Tensor, what: str, min_len: int) -> None:
-    """A 1-D tensor of integer token ids with data (any device: it is moved to the trainer's)."""
-    if t.dim() != 1:
-        raise ValueError(f"{what} must be a 1-D tensor of token ids, got shape {tuple(t.shape)}.")
-    if t.is_meta:
-        raise ValueError(f"{what} is on the 'meta' device and holds no data; pass real token ids.")
-    if t.is_floating_point() or t.is_complex():
-        raise TypeError(f"{what} holds floats ({t.dtype}); token ids must be integers.")
-    if t.dtype == torch.bool:
-        raise TypeError(f"{what} holds booleans; token ids must be integers (torch.long).")
-    if t.numel() < min_len:
-        raise ValueError(f"{what} is empty; every query needs at least one token.")
-
-
-def _score_value(s, i: int) -> Tensor:
-    """One score (a number or a one-element tensor) as a 0-d float32 tensor; anything else is an error."""
-    if isinstance(s, Tensor):
-        if s.is_meta:
-            raise ValueError(f"score {i} is on the 'meta' device and holds no data.")
-        if s.numel() != 1:
-            raise ValueError(f"score {i} must be a scalar, got a tensor of shape {tuple(s.shape)}; reduce it to one number per response.")
-        if s.dtype == torch.bool or s.is_complex():
-            raise TypeError(f"score {i} must be a real number, got a {s.dtype} tensor.")
-        return s.detach().reshape(()).float()
-    if isinstance(s, (bool, np.bool_, complex, np.complexfloating)) or not isinstance(s, (int, float, np.number)):
-        raise TypeError(f"score {i} must be a number or a 0-d tensor, got {type(s).__name__}.")
-    return torch.tensor(float(s))
-
-
-def _vocab_and_context(model) -> tuple[Optional[int], Optional[int]]:
-    """Embedding rows and maximum positions of the wrapped model (None where it has no fixed limit)."""
-    inner = getattr(model, "pretrained_model", model)
-    try:
-        vocab = int(inner.get_input_embeddings().num_embeddings)
-    except (AttributeError, NotImplementedError, TypeError):
-        vocab = None
-    cfg = getattr(inner, "config", None)
-    context = None
-    for attr in ("n_positions", "max_position_embeddings"):
-        value = getattr(cfg, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            context = value
-            break
-    return vocab, context
-
-
 @contextlib.contextmanager
 def _out_of_memory_hint(where: str, advice: list[str], cleanup: Optional[Callable[[], None]] = None):
     """Re-raise an out-of-memory error with the batch settings to lower (after ``cleanup``); others pass unchanged."""
@@ -1195,20 +1076,6 @@ def _out_of_memory_hint(where: str, advice: list[str], cleanup: Optional[Callabl
         if cleanup is not None:
             cleanup()  # no half-accumulated gradient may leak into the next step
         raise out_of_memory_error(err, where, advice) from err
-
-
-def _lengths(seqs: list[Tensor]) -> Tensor:
-    return torch.tensor([float(len(x)) for x in seqs])
-
-
-def _length_stats(name: str, lens: Tensor) -> dict:
-    """tokens/{name}_len_mean, _len_std and _dist of a (n,) tensor of lengths."""
-    lens = lens.detach().float().cpu()
-    return {
-        f"tokens/{name}_len_mean": lens.mean().item(),
-        f"tokens/{name}_len_std": lens.std().item() if lens.numel() > 1 else 0.0,
-        f"tokens/{name}_dist": lens.numpy(),
-    }
 
 
 def _logits_to_keep(model, accepted: set[str], width: int, T: int, device) -> Union[Tensor, int, None]:
@@ -1260,10 +1127,6 @@ def _default_optimizer(params: list, lr: float) -> torch.optim.Optimizer:
     if fused and params:
         return torch.optim.Adam(params, lr=lr, fused=True)
     return torch.optim.Adam(params, lr=lr)
-
-
-def _safe_var(values: Tensor, mask: Tensor) -> Tensor:
-    return masked_var(values, mask) if mask.sum() > 0 else torch.zeros((), device=values.device)
 
 
 def _accepted_kwargs(model) -> set[str]:

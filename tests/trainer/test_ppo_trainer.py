@@ -22,8 +22,10 @@ ppo/learning_rate time/ppo/forward_pass time/ppo/compute_rewards time/ppo/comput
 time/ppo/optimize_step time/ppo/calc_stats time/ppo/total""".split()
 
 
-#: Fields rlft adds after TRL's 47 (non-finite policy, checkpoint retention), with their defaults.
-RLFT_PPO_FIELDS = {"skip_nonfinite_steps": True, "max_consecutive_nonfinite_steps": 5, "save_total_limit": None}
+#: Fields rlft adds after TRL's 47 (non-finite policy, checkpoint retention, critic-free estimators), with their defaults.
+RLFT_PPO_FIELDS = {"skip_nonfinite_steps": True, "max_consecutive_nonfinite_steps": 5, "save_total_limit": None,
+                   "advantage_estimator": "gae", "num_generations": 1, "kl_in_reward": None, "kl_loss_coef": None,
+                   "loss_aggregation": None, "loss_max_tokens": None, "cliprange_high": None}
 
 
 def make_trainer(model_path, tokenizer, arch="gpt2", ref=False, **cfg):
@@ -98,7 +100,7 @@ def test_trainer_signature():
     assert list(inspect.signature(PPOTrainer.loss).parameters)[1:] == [
         "old_logprobs", "values", "logits", "vpreds", "logprobs", "mask", "advantages", "returns"]
     assert list(inspect.signature(PPOTrainer.train_minibatch).parameters)[1:] == [
-        "old_logprobs", "values", "logprobs", "logits", "vpreds", "mask", "advantages", "returns"]
+        "old_logprobs", "values", "logprobs", "logits", "vpreds", "mask", "advantages", "returns", "ref_logprobs"]
 
 
 # --------------------------------------------------------------------------- step input checks
