@@ -241,6 +241,10 @@ class Plot:
     keys: Sequence[str]
     title: str
     xlabel: str = "step"
+    x_title: Optional[str] = None
+    """The x axis label when the x key (``xlabel``) is a counter of something else (e.g. "prompt")."""
+    points: bool = False
+    """Markers only: values of independent items (prompts), not a curve."""
 
 
 @dataclass
@@ -269,7 +273,10 @@ def finish_run(run: RunDir, finish: Finish, draw_plots: bool = True) -> dict:
             from ..reporting.plots import plot_curves
 
             for plot in finish.plots:
-                images.append(plot_curves(records, plot.keys, run.plots_dir / plot.name, title=plot.title, xlabel=plot.xlabel))
+                if not any(isinstance(row.get(key), (int, float)) for row in records for key in plot.keys):
+                    continue  # e.g. dpo_eval.png of a run without an eval set: no blank image
+                images.append(plot_curves(records, plot.keys, run.plots_dir / plot.name, title=plot.title, xlabel=plot.xlabel,
+                                          x_title=plot.x_title, points=plot.points))
         except ImportError as err:
             print(f"rlft {finish.command}: no plots ({err})")
     sections = [Section("Summary", finish.summary)]

@@ -18,7 +18,8 @@ from ._run import Finish, Plot, PromptRewardOptions, done_line, finish_run, fmt,
 DESCRIPTION = "Best-of-n sampling (BestOfNSampler): keep the best-scored of n generations per prompt."
 
 BAR_KEYS = {"best": "score/best", "mean": "score/mean"}
-PLOTS = [Plot("bon_scores.png", ["score/best", "score/mean", "score/gain"], "Best-of-n: scores per prompt (x: prompt number)")]
+PLOTS = [Plot("bon_scores.png", ["score/best", "score/mean", "score/gain"], "Best-of-n: scores per prompt", x_title="prompt",
+              points=True)]
 SAMPLES = "best"
 
 CLI_DEFAULTS: dict = {}

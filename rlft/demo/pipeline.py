@@ -36,6 +36,15 @@ IDLE_STEP_SECONDS = 17.0
 SLOW_FACTOR = 2.0
 #: Where the trained reward model is saved in the run directory (with its score offset).
 REWARD_MODEL_DIR = "reward_model"
+#: The PPO curves of the report, with their units.
+PPO_PLOT_LABELS = {
+    "reward_mean": "reward (batch mean)",
+    "kl": "KL (nats/review)",
+    "kl_coef": "KL coefficient",
+    "entropy": "entropy (nats/review)",
+    "loss": "PPO loss",
+    "response_len": "review length (tokens)",
+}
 #: Prompts per best-of-n call (the progress bar moves once per call).
 BON_CHUNK = 8
 
@@ -388,8 +397,8 @@ def _write_outputs(run, cfg, summary, before, after, bon, history, log, policy_p
     images = []
     if history:
         try:
-            images.append(plot_curves(history, ["reward_mean", "kl", "kl_coef", "entropy", "loss", "response_len"],
-                                      run.plots_dir / "ppo.png", title="PPO on the sentiment task"))
+            images.append(plot_curves(history, list(PPO_PLOT_LABELS), run.plots_dir / "ppo.png",
+                                      title="PPO on the sentiment task", ylabels=PPO_PLOT_LABELS))
         except ImportError as err:
             log(f"no plots: {err}")
     label = "SMOKE TEST on a tiny random model (not the real demo)" if summary["smoke_test"] else "SmolLM2-135M-Instruct"

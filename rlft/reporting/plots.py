@@ -46,6 +46,11 @@ def series(records: Sequence[dict], key: str, x: str = "step") -> tuple[list[flo
     return xs, ys
 
 
+def is_fraction_metric(key: str) -> bool:
+    """Whether ``key`` names a fraction in [0, 1] (an accuracy), drawn on a fixed 0-1 axis."""
+    return "accurac" in key.rsplit("/", 1)[-1]
+
+
 def moving_average(values: Sequence[float], window: int) -> list[float]:
     """Trailing mean over the last ``window`` values (fewer at the start, so the output has the same length)."""
     if window <= 1:
@@ -72,6 +77,9 @@ def plot_curves(
     title: str | None = None,
     smooth: int | None = None,
     xlabel: str = "step",
+    x_title: str | None = None,
+    ylabels: dict[str, str] | None = None,
+    points: bool = False,
 ) -> Path:
     """Draw one panel per key (raw values and their moving average) against ``xlabel`` into ``out_png``.
 
@@ -84,7 +92,14 @@ def plot_curves(
         title: the figure's title.
         smooth: the moving-average window; None picks about a tenth of the points (no smoothing
             under 12 points); 1 or 0 draws the raw line only.
-        xlabel: the row key used as x, also the axis label.
+        xlabel: the row key used as x, also the axis label unless ``x_title`` is given.
+        x_title: the x axis label (e.g. "prompt" when ``xlabel`` is a row counter).
+        ylabels: axis labels with units per key (default: the key itself).
+        points: draw markers only, no joining lines (for values of independent items such as
+            prompts, where a line would suggest an order that means nothing).
+
+    Metrics named like an accuracy (``accuracy``, ``accuracies``) get a fixed 0-1 axis, so one
+    point or a constant value is not shown as a spread around itself.
 
     Returns:
         The PNG path.
@@ -108,18 +123,22 @@ def plot_curves(
         axes[0].text(0.5, 0.5, f"no data for {', '.join(keys)}", ha="center", va="center", transform=axes[0].transAxes)
         axes[0].set_axis_off()
     for ax, (key, xs, ys) in zip(axes, present):
-        window = _auto_window(len(ys), smooth)
-        if window > 1:
+        window = 1 if points else _auto_window(len(ys), smooth)
+        if points:
+            ax.plot(xs, ys, color="tab:blue", linestyle="none", marker="o", markersize=4)
+        elif window > 1:
             ax.plot(xs, ys, color="tab:blue", alpha=0.3, linewidth=1, label="raw")
             ax.plot(xs, moving_average(ys, window), color="tab:blue", linewidth=2, label=f"mean of {window}")
             ax.legend(loc="best", fontsize="small", frameon=False)
         else:
             ax.plot(xs, ys, color="tab:blue", linewidth=1.5, marker="o" if len(ys) <= 30 else None, markersize=3)
-        ax.set_ylabel(key, fontsize="small")
+        ax.set_ylabel((ylabels or {}).get(key, key), fontsize="small")
+        if is_fraction_metric(key):
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(True, alpha=0.3)
         ax.ticklabel_format(axis="y", useOffset=False)  # "0.2" reads better than "+2e-1" over tiny ticks
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[-1].set_xlabel(xlabel)
+    axes[-1].set_xlabel(x_title or xlabel)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -51,8 +51,9 @@ def write_report(run_dir: Any, title: str, sections: Sequence[Section], name: st
     """Write ``<name>.md`` and ``<name>.html`` into ``run_dir`` (a `RunDir` or a folder).
 
     The Markdown links images relative to the run directory; the HTML embeds them, so it can
-    be mailed or opened anywhere alone. Table cells are HTML-escaped. Missing image files are
-    named in a note instead of failing the report.
+    be mailed or opened anywhere alone. Table cells are HTML-escaped, and control characters
+    (the NUL bytes a tiny random model generates, ...) are written as ``\\x00``-style escapes in both
+    files. Missing image files are named in a note instead of failing the report.
 
     Returns:
         (markdown path, HTML path).
@@ -65,15 +66,24 @@ def write_report(run_dir: Any, title: str, sections: Sequence[Section], name: st
         md_parts.append(_section_markdown(section, root))
         html_parts.append(_section_html(section, root))
     md_path, html_path = root / f"{name}.md", root / f"{name}.html"
-    md_path.write_text("\n".join(md_parts), encoding="utf-8")
+    md_path.write_text(escape_control_chars("\n".join(md_parts)), encoding="utf-8")
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         + "\n".join(html_parts)
         + "\n</body>\n</html>\n"
     )
-    html_path.write_text(page, encoding="utf-8")
+    html_path.write_text(escape_control_chars(page), encoding="utf-8")
     return md_path, html_path
+
+
+#: Control characters other than tab, newline and carriage return: invisible, and invalid in HTML.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def escape_control_chars(text: str) -> str:
+    """``text`` with each control character (but tab and line breaks) written as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 # ---------------------------------------------------------------------- markdown

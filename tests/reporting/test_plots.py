@@ -57,3 +57,27 @@ def test_missing_matplotlib_names_the_extra(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     assert "pip install \"rlft[plots]\"" in out
+
+
+def _drawn_figure(monkeypatch, *args, **kwargs):
+    """Call plot_curves and return the matplotlib Figure it saved."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (saved.append(self), original(self, *a, **k))[1])
+    plot_curves(*args, **kwargs)
+    return saved[0]
+
+
+def test_points_axis_titles_units_and_a_fixed_accuracy_axis(tmp_path, monkeypatch):
+    rows = [{"step": i + 1, "score/best": float(i % 3), "eval_accuracy": 1.0 if i == 0 else None} for i in range(5)]
+    fig = _drawn_figure(monkeypatch, rows, ["score/best", "eval_accuracy"], tmp_path / "p.png", x_title="prompt", points=True,
+                        ylabels={"score/best": "score (reward units)"})
+    top, bottom = fig.axes
+    line = top.get_lines()[0]
+    assert line.get_linestyle() == "None" and line.get_marker() == "o"  # per-prompt values are not joined
+    assert bottom.get_xlabel() == "prompt" and top.get_ylabel() == "score (reward units)"
+    assert bottom.get_ylim() == (-0.02, 1.02)  # one accuracy point: the full 0-1 axis, not 0.96-1.04
+    curve = _drawn_figure(monkeypatch, rows, ["score/best"], tmp_path / "c.png")
+    assert curve.axes[0].get_lines()[0].get_linestyle() == "-" and curve.axes[0].get_xlabel() == "step"

@@ -50,3 +50,13 @@ def test_markdown_subset():
     assert "<h3>Title</h3>" in out and "<em>it</em>" in out and '<a href="https://x.org">l</a>' in out
     assert "javascript" in out and 'href="javascript' not in out
     assert "<pre><code>&lt;b&gt;code&lt;/b&gt;</code></pre>" in out
+
+
+def test_control_bytes_are_escaped_in_both_files(tmp_path):
+    from rlft.reporting import Section, write_report
+
+    md, page = write_report(tmp_path, "t", [Section("S", "text\x00", table=[{"sample": "a\x00b\x1b[1m", "ok": "tab\there"}])])
+    for path in (md, page):
+        text = path.read_text()
+        assert "\x00" not in text and "\x1b" not in text
+        assert "a\\x00b\\x1b[1m" in text and "\t" in text
