@@ -10,7 +10,7 @@ import tempfile
 
 import torch
 
-from workloads import spec
+from workloads import impl_critic_free_rlft as critic_free, spec
 
 
 def library_version() -> str:
@@ -150,4 +150,6 @@ RUNNERS = {
     "ppo_peft_ref": run_ppo,
     "demo_ppo": run_ppo,
     "best_of_n": run_best_of_n,
+    "grpo": critic_free.run,  # workloads/impl_critic_free_rlft.py
+    "rloo": critic_free.run,
 }

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from workloads import critic_free as _cf  # the grpo / rloo workloads' settings
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -119,6 +121,16 @@ WORKLOADS = {
             "demo_ppo", f"real asset: SmolLM2-135M-Instruct, LoRA (r=16, all linear) PPO generate + step as `rlft demo`: "
             f"{DEMO_BATCH} prompts, {DEMO_NEW_TOKENS} new tokens, mini-batch {DEMO_MINI_BATCH}, {DEMO_EPOCHS} epochs",
             "trl-0.11.4", DEMO_BATCH, 1, 2, flops_per_param_token=None, model="smollm2",
+        ),
+        Workload(
+            "grpo", f"GRPO generate + step: {_cf.GROUP_PROMPTS} prompts x {_cf.GROUP_K} samples x {_cf.GROUP_NEW_TOKENS} new "
+            f"tokens, one update, k3 KL in the loss (beta {_cf.GRPO_BETA}), plain LM + reference copy", "trl-latest",
+            _cf.GROUP_PROMPTS * _cf.GROUP_K, 1, 4, flops_per_param_token=None,
+        ),
+        Workload(
+            "rloo", f"RLOO generate + step: {_cf.GROUP_PROMPTS} prompts x {_cf.GROUP_K} samples x {_cf.GROUP_NEW_TOKENS} new "
+            f"tokens, one update, KL in the reward (beta {_cf.RLOO_BETA}), plain LM + reference copy", "trl-latest",
+            _cf.GROUP_PROMPTS * _cf.GROUP_K, 1, 4, flops_per_param_token=None,
         ),
         Workload(
             "best_of_n", f"best-of-n: {BON_QUERIES} queries x {BON_SAMPLE_SIZE} samples x {BON_NEW_TOKENS} new tokens",
