@@ -394,7 +394,7 @@ class TextEnvironment:
             raise TypeError("TextEnvironment.run: queries must be a list of strings, got one string; wrap it in a list.")
         self._check_ready()
         tasks = [task for task in queries for _ in range(self.num_generations)]
-        rewards_kwargs = self._repeat_per_episode(rewards_kwargs, len(queries))
+        rewards_kwargs = repeat_per_episode(rewards_kwargs, len(queries), self.num_generations)
         histories = [self._start(self.prompt + task) for task in tasks]
 
         # 1. turns: generate, run the tools, check for ends
@@ -422,16 +422,6 @@ class TextEnvironment:
             raise ValueError("TextEnvironment.run needs a model and a tokenizer; pass them to TextEnvironment(...).")
         if self.reward_fn is None:
             raise ValueError("TextEnvironment.run needs reward_fn(last_segments, **kwargs) -> rewards; pass one to TextEnvironment(...).")
-
-    def _repeat_per_episode(self, kwargs: dict, n_tasks: int) -> dict:
-        if self.num_generations == 1:
-            return kwargs
-        out = {}
-        for name, value in kwargs.items():
-            if isinstance(value, (list, tuple)) and len(value) == n_tasks:
-                value = [v for v in value for _ in range(self.num_generations)]
-            out[name] = value
-        return out
 
     def _start(self, text: str) -> TextHistory:
         tokens = torch.as_tensor(self.tokenizer(text).input_ids, dtype=torch.long)
@@ -537,62 +527,84 @@ class TextEnvironment:
         return histories
 
     def _generate_batch(self, queries: list[Tensor]) -> list[tuple[str, Tensor]]:
-        """(text, tokens) of the new tokens of each query: up to its first stop string or EOS, no padding."""
-        device = self.current_device
-        pad_id = self._pad_id()
-        input_ids = pad([q.to(device) for q in queries], padding_value=pad_id, padding_side="left")  # (B, L)
-        attention_mask = pad([torch.ones_like(q, device=device) for q in queries], padding_value=0, padding_side="left")
-        width = input_ids.shape[1]
-        stop = StringStoppingCriteria([self.call_token, self.submit_token], self.tokenizer, prompt_length=width)
+        stops = [self.call_token, self.submit_token]
+        return generate_segments(self.model, self.tokenizer, queries, stops, self.generation_kwargs)
 
-        kwargs = dict(self.generation_kwargs)
-        kwargs.setdefault("pad_token_id", pad_id)
-        criteria = StoppingCriteriaList([stop, *(kwargs.pop("stopping_criteria", None) or [])])
-        was_training = getattr(self.model, "training", False)
-        if hasattr(self.model, "eval"):
-            self.model.eval()
-        try:
-            output = sampling_generate(self.model, input_ids=input_ids, attention_mask=attention_mask,
-                                       stopping_criteria=criteria, **kwargs)
-        finally:
-            if was_training:
-                self.model.train()
-        new = output[:, width:]  # (B, new tokens)
-        eos_ids = self._eos_ids()
-        out = []
-        for row in range(new.shape[0]):
-            length = new.shape[1]
-            if stop.done is not None and bool(stop.done[row]):
-                length = stop.generated_tokens[row]
-            for pos, token in enumerate(new[row, :length].tolist()):
-                if token in eos_ids:
-                    length = pos + 1  # keep the EOS, as PPOTrainer.generate does
-                    break
-            tokens = new[row, :length]
-            out.append((self.tokenizer.decode(tokens), tokens))
-        return out
 
-    def _pad_id(self) -> int:
-        for value in (getattr(self.tokenizer, "pad_token_id", None), getattr(self.tokenizer, "eos_token_id", None)):
-            if value is not None:
-                return int(value)
-        return 0
+@torch.no_grad()
+def generate_segments(model, tokenizer, queries: list[Tensor], stop_strings: Optional[Sequence[str]],
+                      generation_kwargs: dict) -> list[tuple[str, Tensor]]:
+    """One batched ``generate`` call; per query the (text, tokens) it generated, up to its first stop string or EOS.
 
-    def _eos_ids(self) -> set[int]:
-        if "eos_token_id" in self.generation_kwargs:  # None here switches EOS off
-            eos = self.generation_kwargs["eos_token_id"]
-            return set() if eos is None else {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
-        eos = None
+    queries: 1-D token tensors (left-padded here into one (B, L) batch). Each row stops on its own
+    (`StringStoppingCriteria`); what a row generated after its stop string or its EOS (kept) is cut
+    off, so no padding comes back. ``generation_kwargs`` go to ``model.generate`` (through rlft's
+    sampler for plain sampling).
+    """
+    try:
+        device = next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        device = torch.device("cpu")
+    pad_id = _pad_id(tokenizer)
+    input_ids = pad([q.to(device) for q in queries], padding_value=pad_id, padding_side="left")  # (B, L)
+    attention_mask = pad([torch.ones_like(q, device=device) for q in queries], padding_value=0, padding_side="left")
+    width = input_ids.shape[1]
+    kwargs = dict(generation_kwargs)
+    kwargs.setdefault("pad_token_id", pad_id)
+    stop = StringStoppingCriteria(stop_strings, tokenizer, prompt_length=width) if stop_strings else None
+    criteria = StoppingCriteriaList([c for c in (stop,) if c is not None] + list(kwargs.pop("stopping_criteria", None) or []))
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        output = sampling_generate(model, input_ids=input_ids, attention_mask=attention_mask,
+                                   stopping_criteria=criteria, **kwargs)
+    finally:
+        if was_training:
+            model.train()
+    new = output[:, width:]  # (B, new tokens)
+    eos_ids = _eos_ids(model, tokenizer, generation_kwargs)
+    out = []
+    for row in range(new.shape[0]):
+        length = new.shape[1]
+        if stop is not None and stop.done is not None and bool(stop.done[row]):
+            length = stop.generated_tokens[row]
+        for pos, token in enumerate(new[row, :length].tolist()):
+            if token in eos_ids:
+                length = pos + 1  # keep the EOS, as PPOTrainer.generate does
+                break
+        tokens = new[row, :length]
+        out.append((tokenizer.decode(tokens), tokens))
+    return out
+
+
+def repeat_per_episode(kwargs: dict, n_tasks: int, k: int) -> dict:
+    """``kwargs`` with every list of ``n_tasks`` entries repeated to ``k`` consecutive entries per task."""
+    if k == 1:
+        return kwargs
+    return {name: [v for v in value for _ in range(k)] if isinstance(value, (list, tuple)) and len(value) == n_tasks
+            else value for name, value in kwargs.items()}
+
+
+def _pad_id(tokenizer) -> int:
+    for value in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _eos_ids(model, tokenizer, generation_kwargs: dict) -> set[int]:
+    """The token ids that end generation: the call's ``eos_token_id``, else the model's, else the tokenizer's."""
+    if "eos_token_id" in generation_kwargs:  # None here switches EOS off
+        eos = generation_kwargs["eos_token_id"]
+    else:
+        config = getattr(model, "generation_config", None) or getattr(getattr(model, "pretrained_model", None), "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
         if eos is None:
-            config = getattr(self.model, "generation_config", None) or getattr(
-                getattr(self.model, "pretrained_model", None), "generation_config", None
-            )
-            eos = getattr(config, "eos_token_id", None)
-        if eos is None:
-            eos = getattr(self.tokenizer, "eos_token_id", None)
-        if eos is None:
-            return set()
-        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+            eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
 __all__ = ["StringStoppingCriteria", "TextEnvironment", "TextHistory", "normalize_tools"]

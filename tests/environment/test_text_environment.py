@@ -266,8 +266,12 @@ def test_turn_without_tool_call_or_with_eos_ends_the_episode(tiny_lm, tokenizer)
     # no <call> and no <submit>: the forced EOS ends generation and the episode after one turn
     assert h.completed and not h.truncated and len(h.text_spans) == 2
     assert h.last_text_segment == "just talking" + tokenizer.eos_token
-    *_, histories = make_env(tiny_lm, tokenizer, lambda ctx: "<request><calc>1+1").run(["t"])
-    assert len(histories[0].text_spans) == 2 and histories[0].completed  # an unfinished call ends it too
+    # Cut by max_new_tokens (no EOS) in the middle of a call: no complete call, so the episode ends.
+    env = make_env(tiny_lm, tokenizer, lambda ctx: "<request><calc>1+1<call>", generation_kwargs={"max_new_tokens": 8})
+    *_, histories = env.run(["t"])
+    h = histories[0]
+    assert h.completed and not h.truncated and len(h.text_spans) == 2
+    assert h.last_text_segment == tokenizer.decode(encode(tokenizer, "<request><calc>1+1<call>")[:8])
 
 
 def test_batched_generation_stops_each_row_at_its_own_stop_string(tiny_lm, tokenizer):
