@@ -290,3 +290,62 @@ def test_every_patch_is_tested_here():
               "transformers.Trainer.__init__", "datasets.load.load_dataset_builder"}
     assert {p.name for p in legacy.PATCHES} == tested
     assert "num_items_in_batch" in inspect.signature(__import__("transformers").Trainer.compute_loss).parameters
+
+
+# ----------------------------------------------------------------------------- a TRL 0.7-style script, unchanged but for the import
+SCRIPT = '''
+import sys
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, pipeline
+
+from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, SFTTrainer  # was: from trl import ...
+
+model_dir, classifier_dir, out = sys.argv[1:4]
+tokenizer = AutoTokenizer.from_pretrained(model_dir, use_auth_token=True)
+tokenizer.pad_token = tokenizer.eos_token
+
+# supervised fine-tuning, transformers 4 style arguments
+model = AutoModelForCausalLM.from_pretrained(model_dir, use_auth_token=True)
+training_args = TrainingArguments(output_dir=out, evaluation_strategy="no", report_to=None, group_by_length=True,
+                                  optim="adamw_hf", logging_dir=out + "/logs", no_cuda=True, max_steps=2,
+                                  per_device_train_batch_size=2, save_strategy="no")
+texts = ["the value is returned to the caller.", "return a new list of the items.", "the file is closed."]
+trainer = SFTTrainer(model=model, args=training_args, train_dataset=Dataset.from_dict({"text": texts}),
+                     dataset_text_field="text", max_seq_length=32, tokenizer=tokenizer)
+trainer.train()
+
+# PPO with a sentiment pipeline as the reward, as TRL 0.7's ppo.py scores its samples
+config = PPOConfig(batch_size=2, mini_batch_size=1, learning_rate=1e-4)
+ppo_trainer = PPOTrainer(config, AutoModelForCausalLMWithValueHead.from_pretrained(model_dir, use_auth_token=True),
+                         None, tokenizer)
+sentiment_pipe = pipeline("sentiment-analysis", model=classifier_dir, device="cpu")
+sent_kwargs = {"return_all_scores": True, "function_to_apply": "none", "batch_size": 2}
+queries = [tokenizer.encode(t, return_tensors="pt")[0] for t in ("the file", "return a")]
+generation_kwargs = {"min_length": -1, "top_k": 0.0, "top_p": 1.0, "do_sample": True,
+                     "pad_token_id": tokenizer.eos_token_id, "max_new_tokens": 4}
+responses = ppo_trainer.generate(queries, return_prompt=False, **generation_kwargs)
+batch_texts = [tokenizer.decode(q) + tokenizer.decode(r) for q, r in zip(queries, responses)]
+rewards = [torch.tensor(output[1]["score"]) for output in sentiment_pipe(batch_texts, **sent_kwargs)]
+stats = ppo_trainer.step(queries, responses, rewards)
+print("SCRIPT-OK", len(rewards), "objective/kl" in stats)
+'''
+
+
+@pytest.mark.slow  # two fresh interpreters running SFT and a PPO step
+def test_trl07_style_script_runs_with_legacy_mode_only(tmp_path, model_path, classifier_path):
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    argv = [str(script), model_path("gpt2"), classifier_path, str(tmp_path / "out")]
+    full_env = {k: v for k, v in os.environ.items() if k != legacy.ENV_VAR}
+
+    def run(**env):
+        return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300,
+                              env={**full_env, "OMP_NUM_THREADS": "1", **env})
+
+    without = run()
+    assert without.returncode != 0 and "use_auth_token" in without.stderr
+    with_legacy = run(RLFT_LEGACY="1")
+    assert with_legacy.returncode == 0, with_legacy.stderr[-3000:]
+    assert "SCRIPT-OK 2 True" in with_legacy.stdout
