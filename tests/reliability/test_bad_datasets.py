@@ -3,7 +3,6 @@ wrong types, examples longer than every limit) either raise a clear ValueError/T
 the problem, or (for data that is merely extreme) train without crashing."""
 
 import math
-import tempfile
 import warnings
 
 import pytest
@@ -30,8 +29,14 @@ MUTATIONS = {
 }
 
 
-def _args(**kw):
-    base = dict(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, max_steps=1, per_device_train_batch_size=2,
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """The trainers' output_dir: one pytest-managed folder (tempfile.mkdtemp() left one /tmp folder per example)."""
+    return str(tmp_path_factory.mktemp("bad-datasets"))
+
+
+def _args(output_dir, **kw):
+    base = dict(output_dir=output_dir, report_to=[], use_cpu=True, max_steps=1, per_device_train_batch_size=2,
                 learning_rate=1e-3, save_strategy="no", logging_steps=1, disable_tqdm=True, remove_unused_columns=False)
     base.update(kw)
     return TrainingArguments(**base)
@@ -65,7 +70,7 @@ def _check(make, valid):
 @SETTINGS
 @given(column=st.sampled_from(["prompt", "chosen", "rejected"]), mutation=st.sampled_from(sorted(MUTATIONS)),
        drop=st.booleans())
-def test_dpo_datasets(model_path, pad_tokenizer, column, mutation, drop):
+def test_dpo_datasets(scratch, model_path, pad_tokenizer, column, mutation, drop):
     from rlft import DPOTrainer
 
     rows = {"prompt": ["What is", "Return the"], "chosen": [" the value", " a list"], "rejected": [" zq", " xx"]}
@@ -73,19 +78,19 @@ def test_dpo_datasets(model_path, pad_tokenizer, column, mutation, drop):
     valid = False if drop else MUTATIONS[mutation][1]
     if column == "prompt" and mutation in ("empty string", "whitespace") and not drop:
         valid = None  # an empty prompt is an unconditional preference pair: training on it is fine
-    _check(lambda: DPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_path("gpt2")), args=_args(),
+    _check(lambda: DPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_path("gpt2")), args=_args(scratch),
                               processing_class=pad_tokenizer, train_dataset=ds, max_length=32, max_prompt_length=16),
            valid)
 
 
 @SETTINGS
 @given(mutation=st.sampled_from(sorted(MUTATIONS)), drop=st.booleans(), packing=st.booleans())
-def test_sft_datasets(model_path, pad_tokenizer, mutation, drop, packing):
+def test_sft_datasets(scratch, model_path, pad_tokenizer, mutation, drop, packing):
     from rlft import SFTTrainer
 
     ds = _mutated({"text": ["the value is returned.", "the file is closed."], "id": [1, 2]}, "text", mutation, drop)
     valid = False if drop else MUTATIONS[mutation][1]
-    _check(lambda: SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_path("gpt2")), args=_args(),
+    _check(lambda: SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_path("gpt2")), args=_args(scratch),
                               train_dataset=ds, processing_class=pad_tokenizer, dataset_text_field="text",
                               max_seq_length=16, packing=packing),
            valid)
@@ -94,7 +99,7 @@ def test_sft_datasets(model_path, pad_tokenizer, mutation, drop, packing):
 @SETTINGS
 @given(column=st.sampled_from(["input_ids_chosen", "input_ids_rejected", "attention_mask_chosen"]),
        mutation=st.sampled_from(["ok", "empty list", "wrong type", "very long", "negative id"]), drop=st.booleans())
-def test_reward_datasets(model_path, pad_tokenizer, column, mutation, drop):
+def test_reward_datasets(scratch, model_path, pad_tokenizer, column, mutation, drop):
     from rlft import RewardConfig, RewardTrainer
 
     c, r = pad_tokenizer(["the value is returned.", "a list"]), pad_tokenizer(["zq xv", "xx"])
@@ -115,7 +120,7 @@ def test_reward_datasets(model_path, pad_tokenizer, column, mutation, drop):
     elif mutation == "negative id":
         rows[column] = [[-3] + list(v[1:]) for v in rows[column]]
     valid = not drop and mutation == "ok"  # a "very long" mask next to short ids is a length mismatch
-    cfg = RewardConfig(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, max_steps=1, per_device_train_batch_size=2,
+    cfg = RewardConfig(output_dir=scratch, report_to=[], use_cpu=True, max_steps=1, per_device_train_batch_size=2,
                        save_strategy="no", disable_tqdm=True, max_length=64, gradient_checkpointing=False)
 
     def make():
@@ -134,12 +139,12 @@ def test_reward_datasets(model_path, pad_tokenizer, column, mutation, drop):
 
 @SETTINGS
 @given(mutation=st.sampled_from(sorted(MUTATIONS)))
-def test_iterative_sft_texts(model_path, pad_tokenizer, mutation):
+def test_iterative_sft_texts(scratch, model_path, pad_tokenizer, mutation):
     from rlft import IterativeSFTTrainer
 
     build, valid = MUTATIONS[mutation]
     texts = [build(t) for t in ["the value is returned.", "the file is closed."]]
-    trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_path("gpt2")), args=_args(max_steps=-1),
+    trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_path("gpt2")), args=_args(scratch, max_steps=-1),
                                   tokenizer=pad_tokenizer, max_length=32)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     with warnings.catch_warnings():
@@ -153,3 +158,4 @@ def test_iterative_sft_texts(model_path, pad_tokenizer, mutation):
             return
     assert valid is not False, "malformed texts trained without an error"
     assert math.isfinite(float(out["loss"]))
+
