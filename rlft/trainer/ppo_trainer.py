@@ -23,14 +23,13 @@ import contextlib
 import inspect
 import time
 import warnings
-from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..core import convert_to_scalar, free_device_cache, set_seed
+from ..core import free_device_cache, set_seed
 from ..functional.critic_free import (
     clipped_policy_loss, aggregate_loss, discounted_returns, kl_k3, sequence_advantages, sequence_to_token,
 )
@@ -39,15 +38,20 @@ from ..functional.logprobs import selected_log_probs
 from ..functional.ppo import gae, kl_full, kl_penalty, per_token_rewards, policy_loss, value_loss
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper, create_reference_model
 from ..models.modeling_base import is_peft_model
-from ..utils.faults import NonFiniteGuard, grad_norm, is_out_of_memory, nonfinite_names, out_of_memory_error
+from ..utils.faults import NonFiniteGuard, grad_norm, nonfinite_names
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
 from ..utils.running import RunningMoments
-from ..utils.sampling_generate import generate as sampling_generate
 from ..utils.tied_embedding import densify_grad, sparse_embedding_grad, tied_trainable_input_embedding
 from . import _distributed, _ppo_stats
-from ._helpers import disable_dropout_in_model, pad
+from ._helpers import disable_dropout_in_model, pad_token_id_or_eos
 from ._ppo_checkpoint import PPOCheckpointMixin
-from ._ppo_inputs import InputLimits, check_context, check_queries, validate_step_inputs
+from ._ppo_helpers import (
+    accepted_kwargs, build_dataloader, cat_padded, check_policy, collate, default_optimizer, eos_ids, generate_responses,
+    out_of_memory_hint, tracker_init_kwargs,
+)
+from ._ppo_forward import forward_actions, pad_batch
+from ._ppo_inputs import InputLimits, check_queries, validate_step_inputs
+from ._ppo_logging import PPOLoggingMixin
 from ._ppo_types import EpochsResult, MinibatchSignals, PaddedBatch, Rollout, StepInputs
 from .base import BaseTrainer
 from .kl_control import AdaptiveKLController, FixedKLController
@@ -57,24 +61,12 @@ from .ppo_config import GROUP_ESTIMATORS, PPOConfig
 SCORE_SCALING_EPS = torch.finfo(torch.float32).eps
 
 
-def _collate(examples: list):
-    """The default collator: dicts become a dict of lists (keeps variable-length tensors apart);
-    anything else is collated as torch's default collation does (TRL 0.7's default), falling back
-    to a plain list when the items cannot be stacked (ragged tensors)."""
-    if isinstance(examples[0], dict):
-        return {key: [example[key] for example in examples] for key in examples[0]}
-    try:
-        return torch.utils.data.default_collate(examples)
-    except (RuntimeError, TypeError):
-        return list(examples)
-
-
 def _lm(model):
     """The language model inside a value-head wrapper (or the model itself, for a plain or peft one)."""
     return getattr(model, "pretrained_model", model)
 
 
-class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
+class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
     """Proximal Policy Optimization (and critic-free policy gradients) for language models.
 
     Args:
@@ -114,7 +106,7 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
             raise TypeError(f"config must be a PPOConfig, got {type(config).__name__}.")
         super().__init__(config)
         set_seed(config.seed)
-        _check_policy(model, config)
+        check_policy(model, config)
         if tokenizer is None or not hasattr(tokenizer, "pad"):
             raise ValueError("PPOTrainer needs a tokenizer (a transformers PreTrainedTokenizerBase).")
         if ref_model is not None and not isinstance(ref_model, (PreTrainedModelWrapper, torch.nn.Module)):
@@ -156,7 +148,7 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
                 disable_dropout_in_model(m)
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device).eval()
-        self._model_kwargs = _accepted_kwargs(model)
+        self._model_kwargs = accepted_kwargs(model)
         self._limits = InputLimits.of(model, self.is_encoder_decoder)
 
         # -- data
@@ -165,14 +157,14 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
                 "No dataset is provided: PPOTrainer.dataloader is None. Make sure config.batch_size matches the "
                 "number of samples you pass to step().", UserWarning, stacklevel=2,
             )
-        self.data_collator = data_collator if data_collator is not None else _collate
+        self.data_collator = data_collator if data_collator is not None else collate
         self.dataset = dataset
         self.dataloader = self.prepare_dataloader(dataset, self.data_collator) if dataset is not None else None
         sampler = getattr(self.dataloader, "sampler", None)
 
         # -- optimizer, scheduler, accelerator. A critic-free estimator leaves a value head out of the optimizer.
         trainable = [p for n, p in model.named_parameters() if p.requires_grad and (config.uses_critic or not n.startswith("v_head."))]
-        self.optimizer = optimizer or _default_optimizer(trainable, lr=config.learning_rate)
+        self.optimizer = optimizer or default_optimizer(trainable, lr=config.learning_rate)
         self.lr_scheduler = lr_scheduler
         if self.lr_scheduler is not None and not isinstance(self.lr_scheduler, torch.optim.lr_scheduler.LRScheduler):
             raise ValueError("lr_scheduler must be a torch.optim.lr_scheduler.LRScheduler.")
@@ -209,7 +201,7 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
             self.accelerator.init_trackers(
                 config.tracker_project_name,
                 config={"trl_ppo_trainer_config": config.to_dict()},
-                init_kwargs=_tracker_init_kwargs(config),
+                init_kwargs=tracker_init_kwargs(config),
             )
 
     # ================================================================== data
@@ -219,38 +211,8 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         The order of epoch ``e`` depends only on ``config.seed`` and ``e`` (`ResumableSampler`),
         so a resumed run sees the same batches as an uninterrupted one.
         """
-        if data_collator is None:
-            data_collator = _list_collator
-        try:
-            import datasets
-
-            if isinstance(dataset, datasets.Dataset):
-                dataset = self._remove_unused_columns(dataset)
-        except ImportError:
-            pass
-        if hasattr(dataset, "__len__") and len(dataset) < self.config.batch_size:
-            raise ValueError(
-                f"The dataset has {len(dataset)} examples, fewer than PPOConfig.batch_size={self.config.batch_size}: "
-                "the dataloader (which drops incomplete batches) would yield nothing. Lower batch_size or add data."
-            )
-        # Its own generator: starting an iterator must not draw from the global RNG (generation samples from it).
-        generator = torch.Generator().manual_seed(self.config.seed)
-        common = dict(batch_size=self.config.batch_size, collate_fn=data_collator, drop_last=True, generator=generator)
-        if not hasattr(dataset, "__len__"):  # iterable datasets keep their own order; resuming skips batches
-            return torch.utils.data.DataLoader(dataset, **common)
-        return torch.utils.data.DataLoader(dataset, sampler=ResumableSampler(len(dataset), seed=self.config.seed), **common)
-
-    def _remove_unused_columns(self, dataset):
-        if not self.config.remove_unused_columns:
-            return dataset
-        keep = set(inspect.signature(self.model.forward).parameters) | {"label", "query", "response"}
-        drop = [c for c in dataset.column_names if c not in keep]
-        columns = [c for c in dataset.column_names if c in keep]
-        fmt = dataset.format
-        dataset = dataset.remove_columns(drop)
-        if fmt.get("type") is not None:
-            dataset = dataset.with_format(type=fmt["type"], columns=[c for c in columns if c in dataset.column_names])
-        return dataset
+        forward_params = set(inspect.signature(self.model.forward).parameters)
+        return build_dataloader(dataset, data_collator or collate, self.config, forward_params)
 
     # ================================================================== generation
     @torch.no_grad()
@@ -298,55 +260,19 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         advice = [f"generate(batch_size=...) (now {batch_size}" + (f", x {k} samples per query)" if k > 1 else ")"),
                   f"max_new_tokens (now {generation_kwargs.get('max_new_tokens', 'the generation config default')})",
                   "the query length"]
-        with _out_of_memory_hint("PPOTrainer.generate", advice):
-            response = self._generate_batched(policy, queries, length_sampler, batch_size * k, return_prompt, **generation_kwargs)
+        with out_of_memory_hint("PPOTrainer.generate", advice):
+            ends = eos_ids(generation_kwargs, getattr(_lm(policy), "generation_config", None), self.tokenizer)
+            common = dict(batch_size=batch_size * k, pad_id=self._pad_id, eos_ids=ends, limits=self._limits,
+                          device=self.current_device, length_sampler=length_sampler, return_prompt=return_prompt)
+            response = generate_responses(policy, queries, **common, **generation_kwargs)
             ref_response = None
             if generate_ref_response:
                 with self._reference_context() as ref:
-                    ref_response = self._generate_batched(ref, queries, length_sampler, batch_size * k, return_prompt, **generation_kwargs)
+                    ref_response = generate_responses(ref, queries, **common, **generation_kwargs)
         if isinstance(query_tensor, Tensor) and k == 1:
             response = response[0].unsqueeze(0)
             ref_response = ref_response[0].unsqueeze(0) if ref_response is not None else None
         return (response, ref_response) if generate_ref_response else response
-
-    def _generate_batched(self, model, queries, length_sampler, batch_size, return_prompt, **generation_kwargs):
-        eos_ids = self._eos_ids(generation_kwargs)
-        was_training = model.training
-        model.eval()
-        outputs: list[Tensor] = []
-        try:
-            for start in range(0, len(queries), batch_size):
-                if length_sampler is not None:
-                    generation_kwargs["max_new_tokens"] = int(length_sampler())
-                batch = [q.to(device=self.current_device, dtype=torch.long) for q in queries[start : start + batch_size]]
-                check_context(batch, self._limits, generation_kwargs.get("max_new_tokens"))
-                padding_side = "right" if self.is_encoder_decoder else "left"
-                input_ids, attention_mask = _pad(batch, self._pad_id, padding_side)
-                generated = sampling_generate(model, input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
-                width = input_ids.shape[1]
-                for query, row in zip(batch, generated):
-                    if self.is_encoder_decoder:
-                        new = row  # starts with the decoder-start token; the prompt is not in it
-                        cut = _after_first(new[1:], eos_ids) + 1
-                        outputs.append(new[:cut])
-                        continue
-                    new = row[width:]
-                    new = new[: _after_first(new, eos_ids)]
-                    outputs.append(torch.cat([query, new]) if return_prompt else new)
-        finally:
-            model.train(was_training)
-        return outputs
-
-    def _eos_ids(self, generation_kwargs) -> set[int]:
-        eos = generation_kwargs.get("eos_token_id")
-        if eos is None:
-            gen_cfg = getattr(_lm(self.accelerator.unwrap_model(self.model)), "generation_config", None)
-            eos = getattr(gen_cfg, "eos_token_id", None)
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        if eos is None:
-            return set()
-        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
     @contextlib.contextmanager
     def _reference_context(self):
@@ -366,10 +292,7 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
 
     @property
     def _pad_id(self) -> int:
-        for value in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
-            if value is not None:
-                return int(value)
-        return 0
+        return pad_token_id_or_eos(self.tokenizer, default=0)
 
     @contextlib.contextmanager
     def _device_cache(self):
@@ -411,7 +334,7 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
             if nonfinite:
                 return self._skip_step(nonfinite, inputs, t_start)
 
-            with _out_of_memory_hint("PPOTrainer.step", self._memory_advice(inputs), self._drop_gradients):
+            with out_of_memory_hint("PPOTrainer.step", self._memory_advice(inputs), self._drop_gradients):
                 # 2. rollout forward: policy log-probs and values, reference log-probs (no autograd)
                 t = time.perf_counter()
                 logprobs, ref_logprobs, values, mask, kl_inputs = self._rollout_forward(inputs)
@@ -541,50 +464,12 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
     # ---------------------------------------------------------------- 2. rollout forward
     def _pad_batch(self, queries, responses, response_masks=None) -> PaddedBatch:
         """Pad ragged queries and responses into model inputs (see `PaddedBatch`)."""
-        pad = self._pad_id
-        if self.is_encoder_decoder:
-            enc, enc_mask = _pad(queries, pad, "right")
-            dec, dec_mask = _pad(responses, pad, "right")
-            mask = dec_mask[:, 1:].clone()
-            if response_masks is not None:
-                mask *= _pad(response_masks, 0, "right")[0][:, 1:].to(mask.dtype)
-            return PaddedBatch(enc, enc_mask, dec[:, 1:], mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask)
-        q_ids, q_mask = _pad(queries, pad, "left")
-        r_ids, r_mask = _pad(responses, pad, "right")
-        input_ids = torch.cat([q_ids, r_ids], dim=1)  # (n, Q + R)
-        attention_mask = torch.cat([q_mask, r_mask], dim=1)
-        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # left padding must not shift positions
-        mask = r_mask.clone()
-        if response_masks is not None:
-            mask *= _pad(response_masks, 0, "right")[0].to(mask.dtype)
-        return PaddedBatch(input_ids, attention_mask, r_ids, mask, position_ids=position_ids)
+        return pad_batch(queries, responses, response_masks, pad_id=self._pad_id, is_encoder_decoder=self.is_encoder_decoder)
 
     def _forward(self, model, batch: PaddedBatch, return_values: bool = True):
         """One forward pass; returns (logits (n, T, V), values (n, T) or None) at the action positions."""
-        T = batch.T
-        if self.is_encoder_decoder:
-            out = model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                decoder_input_ids=batch.decoder_input_ids,
-                decoder_attention_mask=batch.decoder_attention_mask,
-            )
-            logits = (out[0] if isinstance(out, tuple) else out.logits)[:, :-1]  # position j predicts token j+1
-            values = out[2][:, :-1] if return_values and isinstance(out, tuple) else None
-            return logits, values
-        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        accepted = self._model_kwargs if model is not self.ref_model else _accepted_kwargs(model)
-        if "position_ids" in accepted:
-            kwargs["position_ids"] = batch.position_ids
-        keep = _logits_to_keep(model, accepted, batch.input_ids.shape[1], T, batch.input_ids.device)
-        if keep is not None:
-            kwargs["logits_to_keep"] = keep  # only the response positions reach the LM head
-        out = model(**kwargs)
-        logits = out[0] if isinstance(out, tuple) else out.logits
-        if not isinstance(keep, Tensor):
-            logits = logits[:, -(T + 1) : -1]  # (n, T, V)
-        values = out[2][:, -(T + 1) : -1] if return_values and isinstance(out, tuple) else None
-        return logits, values
+        accepted = self._model_kwargs if model is not self.ref_model else accepted_kwargs(model)
+        return forward_actions(model, batch, accepted=accepted, is_encoder_decoder=self.is_encoder_decoder, return_values=return_values)
 
     def _chunks(self, queries, responses, response_masks):
         """Padded batches of ``mini_batch_size`` consecutive samples (each padded to its own longest)."""
@@ -615,8 +500,8 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
             out["logits"].append(logits if return_logits else None)
             out["values"].append(values if values is not None else torch.zeros_like(batch.mask, dtype=torch.float32))
             out["mask"].append(batch.mask)
-        logits = _cat_padded(out["logits"]) if return_logits else None
-        return _cat_padded(out["logprobs"]), logits, _cat_padded(out["values"]), _cat_padded(out["mask"])
+        logits = cat_padded(out["logits"]) if return_logits else None
+        return cat_padded(out["logprobs"]), logits, cat_padded(out["values"]), cat_padded(out["mask"])
 
     @torch.no_grad()
     def _rollout_forward(self, inputs: StepInputs):
@@ -903,100 +788,6 @@ class PPOTrainer(PPOCheckpointMixin, BaseTrainer):
         """Average the tensor stats over all processes."""
         return _distributed.mean_over_processes(stats, self.accelerator)
 
-    def log_stats(self, stats: dict, batch: dict, rewards: list, columns_to_log: list = ["query", "response"]):  # noqa: B006 (TRL's signature)
-        """Send ``stats`` and a table of samples with their rewards to the configured tracker.
-
-        ``rewards`` and the ``columns_to_log`` of ``batch`` are this process's; the reward stats and
-        the table cover the samples of every process. Returns the logged dict.
-        """
-        if not isinstance(rewards, Tensor):
-            rewards = torch.tensor([float(r) for r in rewards])
-        rewards = self.accelerator.gather(rewards.float().to(self.current_device).flatten())
-        missing = [c for c in columns_to_log if c not in batch]
-        if missing:
-            raise ValueError(f"log_stats: batch has no column(s) {missing}; it has {sorted(batch)}.")
-        logs = {k: (v.float() if isinstance(v, Tensor) and v.dtype == torch.bfloat16 else v) for k, v in stats.items()}
-        logs["env/reward_mean"] = rewards.mean().item()
-        logs["env/reward_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
-        logs["env/reward_dist"] = rewards.cpu().numpy()
-        if self.config.log_with is None:
-            return logs
-        # Every process's samples, in the order of the gathered rewards (as TRL); a collective call.
-        from accelerate.utils import gather_object
-
-        columns = [gather_object(list(batch[c])) for c in columns_to_log]
-        if not self.accelerator.is_main_process:
-            return logs
-        rows = [list(r) + [float(x)] for r, x in zip(zip(*columns), rewards.cpu().tolist())]
-        if self.config.log_with == "wandb":
-            import wandb
-
-            logs["game_log"] = wandb.Table(columns=[*columns_to_log, "reward"], rows=rows)
-            self.accelerator.log(logs)
-        else:  # tensorboard takes scalars only; the samples go in as a text table
-            scalars = {k: v for k, v in convert_to_scalar(logs).items() if isinstance(v, (int, float))}
-            self.accelerator.log(scalars, step=self.current_step)
-            tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
-            header = " | ".join([*columns_to_log, "reward"])
-            table = "\n".join([header, " | ".join("---" for _ in range(len(columns_to_log) + 1))]
-                              + [" | ".join(str(c).replace("|", "/").replace("\n", " ") for c in row) for row in rows])
-            tracker.add_text("game_log", table, global_step=self.current_step)
-        return logs
-
-    # ================================================================== saving
-    def create_model_card(self, path: str, model_name: Optional[str] = "TRL Model") -> None:
-        """Write a model card (README.md) describing the PPO training into ``path``."""
-        cfg = self.config
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        base = getattr(self.accelerator.unwrap_model(self.model).config, "_name_or_path", "") or "unknown"
-        value_head_line = ("- Value head: saved in `value_head.safetensors` (needed only to continue PPO training)"
-                           if self.has_value_head else f"- Advantage estimator: {cfg.advantage_estimator} (critic-free, no value head)")
-        rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in cfg.to_dict().items())
-        card = f"""---
-library_name: rlft
-tags:
-- rlft
-- ppo
-- reinforcement-learning
-- rlhf
----
-
-# {model_name}
-
-A language model fine-tuned with PPO (reinforcement learning from a reward signal) using
-[rlft](https://pypi.org/project/rlft/), a drop-in for the TRL 0.7 API.
-
-- Base model: `{base}`
-- Task: {cfg.task_name or "not recorded"}; query dataset: {cfg.query_dataset or "not recorded"}; reward model: {cfg.reward_model or "not recorded"}
-- PPO steps done: {self.current_step}; final KL coefficient: {self.kl_ctl.value:.4g}
-{value_head_line}
-
-## Usage
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained("{path.name}")
-tokenizer = AutoTokenizer.from_pretrained("{path.name}")
-```
-
-To continue training with the value head:
-
-```python
-from rlft import AutoModelForCausalLMWithValueHead
-
-model = AutoModelForCausalLMWithValueHead.from_pretrained("{path.name}")
-```
-
-## Training configuration
-
-| field | value |
-|---|---|
-{rows}
-"""
-        (path / "README.md").write_text(card, encoding="utf-8")
-
     def save_pretrained(self, save_directory: str) -> None:
         """Save the model (with value head), the tokenizer and a model card to ``save_directory``."""
         self._save_pretrained(save_directory)
@@ -1008,146 +799,3 @@ model = AutoModelForCausalLMWithValueHead.from_pretrained("{path.name}")
         self.tokenizer.save_pretrained(save_directory)
         self.create_model_card(save_directory)
 
-# ====================================================================== helpers
-def _check_policy(model, config: PPOConfig) -> None:
-    """GAE needs a value-head model; a critic-free estimator takes any causal / seq2seq LM (warned once about a value head)."""
-    if isinstance(model, SUPPORTED_ARCHITECTURES):
-        if not config.uses_critic:
-            warnings.warn(
-                f"advantage_estimator={config.advantage_estimator!r} needs no critic: the model's value head is not "
-                "trained (and not in the optimizer). Pass the plain model (e.g. AutoModelForCausalLM) to save its forward.",
-                UserWarning, stacklevel=3,
-            )
-        return
-    if not config.uses_critic and isinstance(model, torch.nn.Module) and hasattr(model, "config") and hasattr(model, "generate"):
-        return
-    raise ValueError(
-        f"model must be a value-head model ({', '.join(c.__name__ for c in SUPPORTED_ARCHITECTURES)}) with "
-        f"advantage_estimator='gae', got {type(model).__name__}. Wrap it: "
-        "AutoModelForCausalLMWithValueHead.from_pretrained(model), or choose a critic-free estimator "
-        "(PPOConfig(advantage_estimator='grpo' | 'dr_grpo' | 'rloo' | 'reinforce_pp')), which takes the plain model."
-    )
-
-
-def _pad(seqs: list[Tensor], value: int, side: str) -> tuple[Tensor, Tensor]:
-    """Stack 1-D tensors into (n, max_len) with ``value`` padding on ``side``; also return the 0/1 mask."""
-    ids = pad(seqs, padding_value=value, padding_side=side)
-    mask = pad([torch.ones_like(s, dtype=torch.long) for s in seqs], padding_value=0, padding_side=side)
-    return ids, mask
-
-
-def _pad_right(t: Tensor, width: int) -> Tensor:
-    """Zero-pad dim 1 of ``t`` to ``width``."""
-    missing = width - t.shape[1]
-    if missing == 0:
-        return t
-    pad_shape = list(t.shape)
-    pad_shape[1] = missing
-    return torch.cat([t, torch.zeros(pad_shape, dtype=t.dtype, device=t.device)], dim=1)
-
-
-def _cat_padded(parts: list[Tensor]) -> Tensor:
-    """Concatenate chunks along dim 0, zero-padding dim 1 to the widest chunk (one chunk: itself, no copy)."""
-    if len(parts) == 1:
-        return parts[0]
-    width = max(p.shape[1] for p in parts)
-    return torch.cat([_pad_right(p, width) for p in parts])
-
-
-def _after_first(tokens: Tensor, eos_ids: set[int]) -> int:
-    """Length of ``tokens`` up to and including the first EOS (all of it when there is none)."""
-    if not eos_ids or tokens.numel() == 0:
-        return tokens.shape[0]
-    is_eos = torch.zeros_like(tokens, dtype=torch.bool)
-    for e in eos_ids:
-        is_eos |= tokens == e
-    hits = torch.nonzero(is_eos)
-    return int(hits[0, 0]) + 1 if hits.numel() else tokens.shape[0]
-
-
-@contextlib.contextmanager
-def _out_of_memory_hint(where: str, advice: list[str], cleanup: Optional[Callable[[], None]] = None):
-    """Re-raise an out-of-memory error with the batch settings to lower (after ``cleanup``); others pass unchanged."""
-    try:
-        yield
-    except Exception as err:
-        if not is_out_of_memory(err):
-            raise
-        if cleanup is not None:
-            cleanup()  # no half-accumulated gradient may leak into the next step
-        raise out_of_memory_error(err, where, advice) from err
-
-
-def _logits_to_keep(model, accepted: set[str], width: int, T: int, device) -> Union[Tensor, int, None]:
-    """What to pass as ``logits_to_keep`` so that only the T action positions reach the LM head.
-
-    The indices of the positions (width - T - 1 .. width - 2) where the model takes a tensor:
-    the gathered hidden states are contiguous, so the head is one matmul even when its weight
-    is frozen (the reference, a shared trunk, a LoRA base). A count (T + 1) keeps a strided
-    view, which torch multiplies by a frozen weight as a batched matmul over one expanded copy
-    of the weight per sequence: several times slower. None when the model has no such argument.
-    """
-    if "logits_to_keep" not in accepted:
-        return None
-    inner = getattr(model, "pretrained_model", model)
-    if hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    try:
-        annotation = str(inspect.signature(inner.forward).parameters["logits_to_keep"].annotation)
-    except (KeyError, TypeError, ValueError):
-        annotation = ""
-    if "Tensor" not in annotation:
-        return T + 1
-    return torch.arange(width - T - 1, width - 1, device=device)  # (T,) positions whose logits score the actions
-
-
-#: Device types whose parameters the default optimizer updates with torch's fused Adam kernel.
-_FUSED_ADAM_DEVICES = ("cpu", "cuda")
-
-
-def _default_optimizer(params: list, lr: float) -> torch.optim.Optimizer:
-    """Adam, TRL's default, as torch's fused kernel where every parameter allows it.
-
-    ``torch.optim.Adam(params, lr=lr, fused=True)`` applies the update of TRL's per-parameter
-    ``torch.optim.Adam(params, lr=lr)`` in one pass over all parameters (about 5x faster on CPU,
-    where the per-parameter loop took about 10% of a 5M-parameter model's PPO step). Same formula,
-    not the same floats: the kernel rounds differently (about 1e-7 relative per step), so a seeded
-    run does not follow TRL's trajectory bit for bit. Pass ``optimizer=torch.optim.Adam(...)`` to
-    PPOTrainer for the reference loop.
-
-    Fused needs floating-point plain tensors on a device in `_FUSED_ADAM_DEVICES`; otherwise
-    (complex parameters, other devices, tensor subclasses) torch picks: foreach on CUDA, the
-    per-parameter loop elsewhere. (Adam checks ``fused`` only at its first step, so this is decided here.)
-    """
-    params = list(params)
-    fused = all(
-        type(p) in (Tensor, torch.nn.Parameter) and p.device.type in _FUSED_ADAM_DEVICES and torch.is_floating_point(p)
-        for p in params
-    )
-    if fused and params:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    return torch.optim.Adam(params, lr=lr)
-
-
-def _accepted_kwargs(model) -> set[str]:
-    """Forward arguments of the transformers model inside a wrapper (and peft) that we may pass."""
-    inner = getattr(model, "pretrained_model", model)
-    if hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    try:
-        return set(inspect.signature(inner.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def _tracker_init_kwargs(config: PPOConfig) -> dict:
-    kwargs = dict(config.tracker_kwargs)
-    if config.log_with == "wandb":
-        import os
-
-        wandb_kwargs = dict(kwargs.get("wandb", {}))
-        # Without credentials or network, log offline instead of failing the run.
-        if not os.environ.get("WANDB_API_KEY") or os.environ.get("HF_HUB_OFFLINE") == "1":
-            wandb_kwargs.setdefault("mode", os.environ.get("WANDB_MODE", "offline"))
-        kwargs["wandb"] = wandb_kwargs
-    return kwargs

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
-from rlft.trainer.ppo_trainer import _default_optimizer
+from rlft.trainer._ppo_helpers import default_optimizer as _default_optimizer
 
 EPOCH_PARTS = ("forward", "backward", "optimizer")
 

@@ -9,7 +9,7 @@ import torch
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_forward_keeps_only_action_logits_and_matches_the_full_forward(model_path, pad_tokenizer, arch):
     from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
-    from rlft.trainer.ppo_trainer import _logits_to_keep
+    from rlft.trainer._ppo_helpers import logits_to_keep as _logits_to_keep
 
     model = AutoModelForCausalLMWithValueHead.from_pretrained(model_path(arch))
     trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=2), model, None, pad_tokenizer)
