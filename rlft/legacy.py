@@ -70,10 +70,10 @@ def legacy_from_pretrained_kwargs(kwargs: dict[str, Any], where: str) -> dict[st
     """
     out = dict(kwargs)
     if "use_auth_token" in out:
-        _take(out, "use_auth_token", "token", where, lambda v: v)  # the hub token, same values (True, a string)
+        _take(out, "use_auth_token", "token", where)  # the hub token, same values (True, a string)
     bits = {k: bool(out.pop(k)) for k in ("load_in_8bit", "load_in_4bit") if k in out}
     if bits:
-        if "quantization_config" in out and any(bits.values()):
+        if out.get("quantization_config") is not None and any(bits.values()):
             raise TypeError(f"{where}: got both {' and '.join(bits)} (old spelling) and 'quantization_config'; pass only quantization_config.")
         if any(bits.values()):
             from transformers import BitsAndBytesConfig
@@ -86,7 +86,7 @@ def legacy_from_pretrained_kwargs(kwargs: dict[str, Any], where: str) -> dict[st
     if "use_flash_attention_2" in out:
         flash = bool(out.pop("use_flash_attention_2"))
         if flash:
-            if "attn_implementation" in out:
+            if out.get("attn_implementation") is not None:
                 raise TypeError(f"{where}: got both 'use_flash_attention_2' and 'attn_implementation'; pass only attn_implementation.")
             out["attn_implementation"] = "flash_attention_2"
         warn_once("legacy.use_flash_attention_2", f"{where}: 'use_flash_attention_2' was removed from transformers; mapped to "
@@ -94,12 +94,12 @@ def legacy_from_pretrained_kwargs(kwargs: dict[str, Any], where: str) -> dict[st
     return out
 
 
-def _take(kwargs: dict[str, Any], old: str, new: str, where: str, convert: Callable[[Any], Any]) -> None:
+def _take(kwargs: dict[str, Any], old: str, new: str, where: str) -> None:
     """Move ``kwargs[old]`` to ``kwargs[new]`` (an explicit None under the new name counts as absent)."""
     if kwargs.get(new) is not None:
         raise TypeError(f"{where}: got both '{old}' (old spelling) and '{new}'; pass only '{new}'.")
     warn_once(f"legacy.{old}", f"{where}: '{old}' was removed; mapped to '{new}'.")
-    kwargs[new] = convert(kwargs.pop(old))
+    kwargs[new] = kwargs.pop(old)
 
 
 # ----------------------------------------------------------------------------- the wrappers
@@ -180,7 +180,7 @@ def _wrap_load_dataset_builder(original):
     @functools.wraps(original)
     def load_dataset_builder(*args, **kwargs):
         if "use_auth_token" in kwargs:
-            _take(kwargs, "use_auth_token", "token", "datasets.load_dataset", lambda v: v)
+            _take(kwargs, "use_auth_token", "token", "datasets.load_dataset")
         return original(*args, **kwargs)
 
     return load_dataset_builder
@@ -227,16 +227,20 @@ def enable_legacy_mode() -> None:
     Idempotent. Wraps `PATCHES` in place; `disable_legacy_mode` restores them. Not thread-safe with
     respect to other code patching the same attributes at the same time.
     """
-    for patch in PATCHES:
-        if patch.name in _originals:
-            continue
-        target = patch.target()
-        original = inspect.getattr_static(target, patch.attr)
-        if patch.attr not in vars(target):
-            raise RuntimeError(f"legacy mode: {patch.name} is not defined where expected; this transformers/datasets "
-                               "version is not supported by rlft's legacy mode.")
-        setattr(target, patch.attr, patch.wrap(original))
-        _originals[patch.name] = (target, original)
+    try:
+        for patch in PATCHES:
+            if patch.name in _originals:
+                continue
+            target = patch.target()
+            if patch.attr not in vars(target):
+                raise RuntimeError(f"legacy mode: {patch.name} is not defined where expected; this transformers/datasets "
+                                   "version is not supported by rlft's legacy mode.")
+            original = vars(target)[patch.attr]  # as stored (a classmethod stays a classmethod)
+            setattr(target, patch.attr, patch.wrap(original))
+            _originals[patch.name] = (target, original)
+    except BaseException:
+        disable_legacy_mode()  # all or nothing
+        raise
     warn_once("legacy.enabled", "rlft legacy mode is on: transformers 4 spellings are translated (one warning each). "
               "See docs/legacy.md.", UserWarning)
 
