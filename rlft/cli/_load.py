@@ -389,11 +389,14 @@ def load_reward_model(folder: str, option: str = "--reward"):
     import transformers
     from transformers import AutoModelForSequenceClassification
 
-    if not (Path(folder) / MODEL_CONFIG).is_file():
+    base = adapter_base(folder) if (Path(folder) / ADAPTER_CONFIG).is_file() else None
+    if base is None and not (Path(folder) / MODEL_CONFIG).is_file():
         raise CLIError(f"{option} {folder}: no {MODEL_CONFIG}; pass a reward model folder (a run's model/ of rlft reward).")
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the load report of a missing head is replaced by the error below
     try:
+        if base is not None:  # a LoRA reward model (rlft reward --use_peft): the head is saved with the adapter
+            return _lora_reward_model(folder, base, option)
         model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
     finally:
         transformers.logging.set_verbosity(verbosity)
@@ -405,6 +408,21 @@ def load_reward_model(folder: str, option: str = "--reward"):
             f"{folder} --dataset pairs.jsonl), then pass {option} <that run>/model."
         )
     return model.eval()
+
+
+def _lora_reward_model(folder: str, base: str, option: str):
+    """A LoRA reward model: its base as a one-logit classifier, the adapter and the saved head merged in."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    saved = json.loads((Path(folder) / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("modules_to_save") or []
+    if not saved:
+        raise CLIError(f"{option} {folder}: this LoRA adapter does not save a classification head, so the reward "
+                       "would come from a random head; train it with rlft reward --use_peft (task type SEQ_CLS).")
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    return PeftModel.from_pretrained(model, folder).merge_and_unload().eval()
 
 
 def _label_index(config, label: str | None, folder: str) -> int:

@@ -65,3 +65,22 @@ def test_ppo_first_run_defaults_are_small_but_the_config_keeps_trl_defaults():
     _, config = parse_command("ppo", ppo.arguments(), ["--output_dir", "x"], cli_defaults=ppo.CLI_DEFAULTS)
     assert (config.steps, config.batch_size, config.mini_batch_size) == (100, 16, 4)
     assert (PPOConfig().steps, PPOConfig().batch_size) == (20000, 256)
+
+
+def test_lora_reward_model_scores_as_ppo_reward(model_path, tmp_path, capsys):
+    """rlft reward --use_peft saves adapter + head; --reward <that run>/model loads them (no random head)."""
+    import torch
+
+    from rlft.cli._load import load_reward_model, load_text_reward
+
+    rm = tmp_path / "rm"
+    assert main(["reward", "--tiny", "--model_name_or_path", model_path("gpt2"), "--use_peft", "--max_steps", "2",
+                 "--output_dir", str(rm), "--plots", "false"]) == 0, capsys.readouterr().err
+    model = load_reward_model(str(rm / "model"))
+    from safetensors.torch import load_file
+
+    head = [v for k, v in load_file(str(rm / "model" / "adapter_model.safetensors")).items() if k.endswith("score.weight")]
+    assert len(head) == 1 and torch.equal(model.score.weight, head[0])  # the trained head, not a fresh one
+    score, what = load_text_reward(str(rm / "model"))
+    values = score(["the value is returned.", "a list"])
+    assert len(values) == 2 and values[0] != values[1]
