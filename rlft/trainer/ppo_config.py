@@ -193,6 +193,10 @@ class PPOConfig:
     loss_max_tokens: Optional[int] = None
     """The constant token count of "seq_mean_token_sum_norm" (Dr. GRPO uses the generation budget,
     max_new_tokens). None: the longest response of the step."""
+    reuse_update_forward: bool = True
+    """When a step makes one update from one forward of the whole batch (ppo_epochs=1 and mini_batch_size >=
+    batch_size), the rollout's log-probs and values come from that forward (run with gradients) instead of a
+    separate no-grad forward: one policy forward less per step, and the ratio is exactly 1. False: recompute."""
     cliprange_high: Optional[float] = None
     """Upper clip range of the policy ratio (DAPO's clip-higher: ratio clipped to [1 - cliprange,
     1 + cliprange_high]). None: symmetric, ``cliprange``."""

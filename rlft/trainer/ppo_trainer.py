@@ -337,7 +337,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
             with out_of_memory_hint("PPOTrainer.step", self._memory_advice(inputs), self._drop_gradients):
                 # 2. rollout forward: policy log-probs and values, reference log-probs (no autograd)
                 t = time.perf_counter()
-                logprobs, ref_logprobs, values, mask, kl_inputs = self._rollout_forward(inputs)
+                logprobs, ref_logprobs, values, mask, kl_inputs, update_forward = self._rollout_forward(inputs)
                 timing["time/ppo/forward_pass"] = time.perf_counter() - t
                 running_before = self.running.state_dict()
                 scores_t = self._prepare_scores(inputs.scores)
@@ -360,7 +360,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
 
                 # 5. PPO epochs over shuffled minibatches (a NaN/inf loss or gradient drops that update and ends them)
                 t = time.perf_counter()
-                epochs = self._ppo_epochs(rollout)
+                epochs = self._ppo_epochs(rollout, update_forward)
                 timing["time/ppo/optimize_step"] = time.perf_counter() - t
                 timing.update({f"time/ppo/optimize_step/{part}": s for part, s in epochs.seconds.items()})
 
@@ -503,29 +503,47 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
         logits = cat_padded(out["logits"]) if return_logits else None
         return cat_padded(out["logprobs"]), logits, cat_padded(out["values"]), cat_padded(out["mask"])
 
-    @torch.no_grad()
+    def _single_update(self) -> bool:
+        """True when a step makes exactly one update from one forward of the whole batch (ppo_epochs=1, one
+        minibatch, no accumulation): the rollout then takes its log-probs and values from that forward."""
+        cfg = self.config
+        return cfg.reuse_update_forward and cfg.ppo_epochs == 1 and cfg.mini_batch_size >= cfg.batch_size
+
     def _rollout_forward(self, inputs: StepInputs):
-        """Policy and reference log-probs, values and the mask, each (B, T), zero where masked; and what
-        `compute_rewards` estimates the KL from: the log-probs, or (``kl_penalty="full"``) the full
-        log-distributions (B, T, V)."""
+        """Policy and reference log-probs, values and the mask, each (B, T), zero where masked; what
+        `compute_rewards` estimates the KL from (the log-probs, or for ``kl_penalty="full"`` the full
+        log-distributions (B, T, V)); and, with a single update (`_single_update`), the update's own
+        forward with gradients (logprobs, logits, values), else None.
+
+        With a single update the policy's forward runs once, with gradients, and the rollout reads
+        it detached: the first (and only) ratio is then exactly 1 and no no-grad forward is spent."""
         full = self.config.kl_penalty == "full"
-        policy = self.accelerator.unwrap_model(self.model)
-        was_training = policy.training
-        policy.eval()
-        try:
-            args = (inputs.queries, inputs.responses)
-            logprobs, logits, values, mask = self.batched_forward_pass(policy, *args, return_logits=full, response_masks=inputs.response_masks)
-            with self._reference_context() as ref:
-                ref_logprobs, ref_logits, _, _ = self.batched_forward_pass(ref, *args, return_logits=full, response_masks=inputs.response_masks)
-        finally:
-            policy.train(was_training)
-        mask = mask.float()
-        logprobs, ref_logprobs, values = logprobs * mask, ref_logprobs * mask, values * mask
-        if full:  # TRL 0.7 hands compute_rewards the full log-distributions for the exact KL
-            kl_inputs = (torch.log_softmax(logits.float(), dim=-1), torch.log_softmax(ref_logits.float(), dim=-1))
-        else:
-            kl_inputs = (logprobs, ref_logprobs)
-        return logprobs, ref_logprobs, values, mask, kl_inputs
+        args = (inputs.queries, inputs.responses)
+        update_forward = None
+        if self._single_update():
+            self.model.train()
+            with sparse_embedding_grad(self._tied_embedding):
+                update_forward = self.batched_forward_pass(self.model, *args, return_logits=True, response_masks=inputs.response_masks)
+            logprobs, logits, values, mask = (t.detach() for t in update_forward)
+            update_forward = update_forward[:3]
+        with torch.no_grad():
+            policy = self.accelerator.unwrap_model(self.model)
+            was_training = policy.training
+            policy.eval()
+            try:
+                if update_forward is None:
+                    logprobs, logits, values, mask = self.batched_forward_pass(policy, *args, return_logits=full, response_masks=inputs.response_masks)
+                with self._reference_context() as ref:
+                    ref_logprobs, ref_logits, _, _ = self.batched_forward_pass(ref, *args, return_logits=full, response_masks=inputs.response_masks)
+            finally:
+                policy.train(was_training)
+            mask = mask.float()
+            logprobs, ref_logprobs, values = logprobs * mask, ref_logprobs * mask, values * mask
+            if full:  # TRL 0.7 hands compute_rewards the full log-distributions for the exact KL
+                kl_inputs = (torch.log_softmax(logits.float(), dim=-1), torch.log_softmax(ref_logits.float(), dim=-1))
+            else:
+                kl_inputs = (logprobs, ref_logprobs)
+        return logprobs, ref_logprobs, values, mask, kl_inputs, update_forward
 
     def _nonfinite_rollout(self, logprobs: Tensor, ref_logprobs: Tensor, values: Tensor, kls: Tensor) -> Optional[str]:
         """Which rollout tensors hold NaN/inf (on any process), or None."""
@@ -583,8 +601,11 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
         return values, advantages.detach(), returns
 
     # ---------------------------------------------------------------- 5. PPO epochs
-    def _ppo_epochs(self, rollout: Rollout) -> EpochsResult:
+    def _ppo_epochs(self, rollout: Rollout, update_forward: Optional[tuple] = None) -> EpochsResult:
         """``ppo_epochs`` passes over the rollout in shuffled minibatches, with gradient accumulation.
+
+        ``update_forward``: the single update's forward from the rollout (`_single_update`); it is the
+        one minibatch, in the batch's order (the losses do not depend on the order of the samples).
 
         The clocks are host-side (perf_counter, no device sync): on CUDA a phase's kernels may
         still run when its clock stops, so part of their time lands in the next phase.
@@ -604,7 +625,10 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
                 self._window_updates = 0
                 for mstart in range(0, len(window), cfg.mini_batch_size):
                     self._sync_now = mstart + cfg.mini_batch_size >= len(window)
-                    signals = self._minibatch_update(rollout, window[mstart : mstart + cfg.mini_batch_size].tolist(), all_stats)
+                    idx = window[mstart : mstart + cfg.mini_batch_size].tolist()
+                    if update_forward is not None:
+                        idx = list(range(bs))
+                    signals = self._minibatch_update(rollout, idx, all_stats, update_forward)
                     for part in seconds:
                         seconds[part] += signals.seconds[part]
                     n_skipped += int(signals.skipped)
@@ -617,17 +641,21 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
         self._sync_now = True
         return EpochsResult(all_stats, n_skipped, None, seconds)
 
-    def _minibatch_update(self, rollout: Rollout, idx: list[int], all_stats: list[dict]) -> MinibatchSignals:
-        """Forward one minibatch with gradients and hand it to `train_minibatch` (its stats go to ``all_stats``)."""
+    def _minibatch_update(self, rollout: Rollout, idx: list[int], all_stats: list[dict], forward: Optional[tuple] = None) -> MinibatchSignals:
+        """Forward one minibatch with gradients (unless ``forward`` holds it already) and hand it to
+        `train_minibatch` (its stats go to ``all_stats``)."""
         mb = rollout.minibatch(idx)
         signals = self._signals = MinibatchSignals()
         sync_ctx = contextlib.nullcontext() if self._sync_now or not self.is_distributed else self.accelerator.no_sync(self.model)
         with sync_ctx:
             t = time.perf_counter()
-            with sparse_embedding_grad(self._tied_embedding):
-                logprobs, logits, vpreds, _ = self.batched_forward_pass(
-                    self.model, mb.queries, mb.responses, return_logits=True, response_masks=mb.response_masks
-                )
+            if forward is not None:
+                logprobs, logits, vpreds = forward
+            else:
+                with sparse_embedding_grad(self._tied_embedding):
+                    logprobs, logits, vpreds, _ = self.batched_forward_pass(
+                        self.model, mb.queries, mb.responses, return_logits=True, response_masks=mb.response_masks
+                    )
             signals.seconds["forward"] += time.perf_counter() - t
             extra = {"ref_logprobs": mb.ref_logprobs} if self._kl_loss_coef > 0 else {}
             stats = self.train_minibatch(mb.old_logprobs, mb.values, logprobs, logits, vpreds, mb.mask, mb.advantages, mb.returns, **extra)

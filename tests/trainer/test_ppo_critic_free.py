@@ -250,3 +250,38 @@ def test_each_estimator_learns_a_programmatic_reward(tmp_path, tokenizer, estima
     assert (trainer.ref_model is None) == lora
     history = _learn(trainer, 25)
     assert np.mean(history[-5:]) > np.mean(history[:5]) + 0.15, history
+
+
+# --------------------------------------------------------------------------- one update: one policy forward
+@pytest.mark.parametrize("estimator,plain", [("grpo", True), ("rloo", True), ("gae", False)])
+def test_single_update_reuses_its_forward_and_matches_the_recompute_path(model_path, pad_tokenizer, estimator, plain):
+    """ppo_epochs=1 and one minibatch: the rollout reads the update's forward (2 forwards per step, not 3)
+    and the update equals the one of the path that recomputes the rollout in a no-grad forward."""
+    results = {}
+    for reuse in (True, False):
+        calls = []
+
+        class Counting(PPOTrainer):
+            def batched_forward_pass(self, *args, **kwargs):
+                calls.append(torch.is_grad_enabled())
+                return super().batched_forward_pass(*args, **kwargs)
+
+        set_seed(0)
+        if pad_tokenizer.pad_token is None:
+            pad_tokenizer.pad_token = pad_tokenizer.eos_token
+        model = (AutoModelForCausalLM if plain else AutoModelForCausalLMWithValueHead).from_pretrained(model_path("gpt2"))
+        config = PPOConfig(advantage_estimator=estimator, num_generations=2 if estimator != "gae" else 1, batch_size=4,
+                           mini_batch_size=4, ppo_epochs=1, reuse_update_forward=reuse, learning_rate=1e-3, seed=0)
+        # SGD: Adam's first step is lr * sign(gradient), which float rounding flips for near-zero gradients
+        sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        trainer = Counting(config, model, None, pad_tokenizer, optimizer=sgd)
+        qs, rs = _groups()
+        stats = trainer.step(qs, rs, [1.0, 0.0, 0.5, 2.0])
+        results[reuse] = ({n: p.detach().clone() for n, p in trainer.model.named_parameters()}, stats, calls)
+    (p_reuse, s_reuse, c_reuse), (p_re, s_re, c_re) = results[True], results[False]
+    assert c_reuse == [True, False] and c_re == [False, False, True]
+    assert s_reuse["ppo/policy/policykl"] == 0.0 and s_reuse["ppo/policy/approxkl"] == 0.0
+    for name in p_re:
+        torch.testing.assert_close(p_reuse[name], p_re[name], rtol=1e-5, atol=1e-6, msg=name)
+    for key in ("objective/kl", "ppo/loss/policy", "ppo/mean_scores"):
+        assert s_reuse[key] == pytest.approx(s_re[key], rel=1e-4, abs=1e-6), key

@@ -25,7 +25,7 @@ time/ppo/optimize_step time/ppo/calc_stats time/ppo/total""".split()
 #: Fields rlft adds after TRL's 47 (non-finite policy, checkpoint retention, critic-free estimators), with their defaults.
 RLFT_PPO_FIELDS = {"skip_nonfinite_steps": True, "max_consecutive_nonfinite_steps": 5, "save_total_limit": None,
                    "advantage_estimator": "gae", "num_generations": 1, "kl_in_reward": None, "kl_loss_coef": None,
-                   "loss_aggregation": None, "loss_max_tokens": None, "cliprange_high": None}
+                   "loss_aggregation": None, "loss_max_tokens": None, "reuse_update_forward": True, "cliprange_high": None}
 
 
 def make_trainer(model_path, tokenizer, arch="gpt2", ref=False, **cfg):
@@ -164,20 +164,6 @@ def test_reference_never_changes_and_kl_is_zero_at_start(model_path, tokenizer):
     assert abs(s2["objective/kl"]) > 1e-4
     for p, b in zip(trainer.ref_model.parameters(), ref_before):
         assert torch.equal(p, b)
-
-
-@pytest.mark.parametrize("kind", ["kl", "abs", "mse", "full"])
-def test_kl_estimators_run_and_are_logged(model_path, tokenizer, kind):
-    trainer = make_trainer(model_path, tokenizer, learning_rate=1e-3, kl_penalty=kind, ppo_epochs=1)
-    q, r = batch()
-    trainer.step(q, r, [torch.tensor(1.0)] * 4)
-    stats = trainer.step(q, r, [torch.tensor(1.0)] * 4)
-    lp, ref = torch.tensor(stats["objective/logprobs"]), torch.tensor(stats["objective/ref_logprobs"])
-    if kind == "abs":
-        mask = torch.tensor(stats["objective/logprobs"]) != 0
-        assert stats["objective/kl"] == pytest.approx(((lp - ref).abs() * mask).sum(-1).mean().item(), rel=1e-4)
-    if kind in ("abs", "mse", "full"):
-        assert stats["objective/kl"] >= 0
 
 
 def test_compute_rewards_public_method(model_path, tokenizer):
