@@ -71,8 +71,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 TRACEBACK_ENV = "RLFT_TRACEBACK"
 
 
+def _print_help(name: str) -> int:
+    """Print ``rlft <name> --help`` from the cache, or render it (and cache it)."""
+    from ._args import CLIError, build_parser
+    from ._help import cached_help, store_help
+
+    text = cached_help(name)
+    if text is None:
+        try:
+            module = importlib.import_module(COMMANDS[name].module)
+            parser = build_parser(name, module.arguments(), module.DESCRIPTION)
+            defaults = getattr(module, "CLI_DEFAULTS", None)
+            defaults = (defaults() if callable(defaults) else defaults) or {}
+            known = {a.dest for a in parser._actions}
+            parser.set_defaults(**{k: v for k, v in defaults.items() if k in known})  # the defaults a run really gets
+            text = parser.format_help()
+        except CLIError as err:
+            print(f"rlft {name}: error: {err}", file=sys.stderr)
+            return 2
+        store_help(name, text)
+    sys.stdout.write(text)
+    return 0
+
+
 def _dispatch(name: str, argv: list[str]) -> int:
     from ._args import CLIError, parse_command
+    from ._help import HELP_FLAGS
+
+    if len(argv) == 1 and argv[0] in HELP_FLAGS:
+        return _print_help(name)
 
     _quiet_library_progress_bars()
     _quiet_known_noise()

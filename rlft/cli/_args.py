@@ -181,6 +181,7 @@ def build_parser(command: str, dataclass_types: Sequence[type], description: str
     """
     parser = _parser_class()(
         list(dataclass_types), prog=f"rlft {command}", description=description,
+        usage=f"rlft {command} [--config FILE] [--tiny] [--<option> VALUE ...]",  # not 100 lines of every option
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
     )
     dests = {a.dest for a in parser._actions}

@@ -30,3 +30,17 @@ def data_files(tmp_path):
     )
     pd.DataFrame(triples).to_parquet(folder / "triples.parquet")
     return {"prompts": prompts, "texts": str(texts), "pairs": str(folder / "pairs.csv"), "triples": str(folder / "triples.parquet")}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_rlft_cache(tmp_path_factory):
+    """`rlft <command> --help` caches its text under $RLFT_CACHE: keep the tests' copies out of ~/.cache."""
+    import os
+
+    old = os.environ.get("RLFT_CACHE")
+    os.environ["RLFT_CACHE"] = str(tmp_path_factory.mktemp("rlft-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RLFT_CACHE", None)
+    else:
+        os.environ["RLFT_CACHE"] = old
