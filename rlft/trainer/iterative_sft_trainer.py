@@ -227,7 +227,8 @@ class IterativeSFTTrainer(Trainer):
         labels or texts_labels. The batch is split into ``args.per_device_train_batch_size``
         minibatches; the optimiser steps every ``args.gradient_accumulation_steps`` of them.
         Returns {"loss", "learning_rate", "global_step", "num_minibatches"}. As in TRL 0.7,
-        the optimiser's ``zero_grad`` follows each optimiser step, so ``.grad`` is None afterwards.
+        ``.grad`` is still set after the step (TRL's own tests read it): here it holds the
+        gradients of the last optimiser step, cleared when the next accumulation cycle starts.
         """
         # 1. validate and tokenise
         examples = self._build_examples(input_ids, attention_mask, labels, texts, texts_labels)
@@ -240,6 +241,8 @@ class IterativeSFTTrainer(Trainer):
         self.model.train()
         losses, accumulation = [], max(1, self.args.gradient_accumulation_steps)
         for k, batch in enumerate(loader):
+            if k % accumulation == 0:
+                self.optimizer.zero_grad()  # a new accumulation cycle; the last one's gradients outlive step()
             batch = self._prepare_inputs(batch)
             loss = self.compute_loss(self.model_wrapped, batch)
             self.accelerator.backward(loss / accumulation)
@@ -267,7 +270,6 @@ class IterativeSFTTrainer(Trainer):
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
-        self.optimizer.zero_grad()
         self.state.global_step += 1
 
     def _maybe_log(self) -> None:

@@ -92,12 +92,36 @@ def test_step_rejects_what_is_not_a_sequence_of_rows(tmp_path, model_path, pad_t
 
 
 # ---------------------------------------------------------------- item 4: gradients after step
-def test_gradients_after_step_match_trl(tmp_path, model_path, pad_tokenizer):
-    """TRL 0.7's IterativeSFTTrainer.step called ``optimizer.zero_grad()`` right after each
-    ``optimizer.step()`` (accelerate's zero_grad sets .grad to None), unlike PPOTrainer, which
-    zeroed before the backward. rlft matches: no gradient survives the step."""
-    trainer = _trainer(tmp_path, model_path, pad_tokenizer)
+def test_gradients_of_the_last_update_stay_after_step(tmp_path, model_path, pad_tokenizer):
+    """TRL 0.7's tests read ``param.grad`` after ``step()`` (``assert param.grad is not None``).
+
+    rlft keeps the gradients of the last optimiser step: with plain SGD, each parameter moved by
+    exactly -lr * the gradient left in ``.grad``.
+    """
+    model = AutoModelForCausalLM.from_pretrained(model_path("gpt2"))
+    lr = 0.1
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, per_device_train_batch_size=3,
+                             save_strategy="no", disable_tqdm=True, max_grad_norm=0.0)
+    trainer = IterativeSFTTrainer(model, args=args, tokenizer=pad_tokenizer, optimizers=(optimizer, None))
+    trainer.step(texts=TEXTS)  # one earlier step: its gradients must not leak into the next
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    trainer.step(texts=TEXTS)
-    assert all(p.grad is None for p in trainer.model.parameters())
-    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    trainer.step(texts=TEXTS[::-1])
+    for name, param in trainer.model.named_parameters():
+        assert param.grad is not None, name
+        torch.testing.assert_close(param.detach(), before[name] - lr * param.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_accumulation_cycles_start_from_zero_gradients(tmp_path, model_path, pad_tokenizer):
+    """Two steps of one minibatch each leave the same .grad as a fresh trainer's single step on that batch."""
+    args = lambda: TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True,  # noqa: E731
+                                     per_device_train_batch_size=3, save_strategy="no", disable_tqdm=True, learning_rate=0.0)
+    a = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_path("gpt2")), args=args(), tokenizer=pad_tokenizer)
+    b = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_path("gpt2")), args=args(), tokenizer=pad_tokenizer)
+    a.step(texts=TEXTS[:1])
+    torch.manual_seed(0)  # the same dropout masks for the compared steps
+    a.step(texts=TEXTS[1:2])
+    torch.manual_seed(0)
+    b.step(texts=TEXTS[1:2])
+    for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=name)
