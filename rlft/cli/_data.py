@@ -34,7 +34,11 @@ def run_training_args(training_args, run_dir, evaluation):
     """The TrainingArguments the Trainer gets: checkpoints under the run's checkpoints/; evaluation exactly when there is an eval set."""
     from ._run import training_arguments_for_run
 
+    import torch
+
     changes = {}
+    if training_args.dataloader_pin_memory and not torch.accelerator.is_available():
+        changes["dataloader_pin_memory"] = False  # pinned memory only helps copies to an accelerator; torch warns without one
     strategy = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy))
     if evaluation is None and strategy != "no":
         changes["eval_strategy"] = "no"

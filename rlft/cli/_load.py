@@ -143,6 +143,10 @@ def load_lm(path: str, tokenizer=None):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(auto.from_pretrained(base), path).merge_and_unload()
+    if auto is AutoModelForCausalLM and getattr(model, "loss_type", None) is None:
+        # transformers derives loss_type from the class name; GPT2LMHeadModel & co. match none, so every
+        # run would warn "loss_type=None ... unrecognized" before using this same causal-LM loss.
+        model.loss_type = "ForCausalLM"
     if tokenizer is not None:
         align_pad_token(model, tokenizer)
     return model
