@@ -182,8 +182,18 @@ def labels_from_attention_mask(input_ids: torch.Tensor, attention_mask: torch.Te
 
     input_ids, attention_mask: (B, L). Unlike masking every ``pad_token_id``, this keeps a real
     EOS in the labels when the pad token is the EOS token, so the model learns to stop.
+
+    A left-padded row's first real token is ``ignore_index`` too: the shifted loss would predict
+    it from the padding position before it, a term with no context that the same example padded on
+    the right (or alone) does not have. Rows without left padding keep every real token, so the
+    loss of a padded batch is the token-weighted mean of its examples' losses on either side.
     """
-    return input_ids.masked_fill(attention_mask == 0, ignore_index)
+    labels = input_ids.masked_fill(attention_mask == 0, ignore_index)
+    attended = attention_mask != 0  # (B, L)
+    first = attended.int().argmax(dim=1)  # (B,) first attended position; 0 for a row of padding only
+    left_padded = torch.nonzero(attended.any(dim=1) & (first > 0)).squeeze(1)  # rows with padding before the text
+    labels[left_padded, first[left_padded]] = ignore_index
+    return labels
 
 
 class DataCollatorForCausalLMKeepEOS(DataCollatorForLanguageModeling):

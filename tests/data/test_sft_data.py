@@ -150,3 +150,18 @@ def test_completion_only_multi_turn(pad_tokenizer):
 def test_completion_only_rejects_mlm(pad_tokenizer):
     with pytest.raises(ValueError, match="mlm"):
         DataCollatorForCompletionOnlyLM("x", tokenizer=pad_tokenizer, mlm=True)
+
+
+def test_labels_leave_out_the_first_token_after_left_padding():
+    # Row 0 left-padded by two: its first real token (7) would be predicted from padding, so it is masked.
+    # Row 1 unpadded and row 2 right-padded keep every real token; row 3 (padding only) has no labels.
+    ids = torch.tensor([[0, 0, 7, 8], [5, 6, 7, 8], [5, 6, 0, 0], [0, 0, 0, 0]])
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]])
+    expected = [[-100, -100, -100, 8], [5, 6, 7, 8], [5, 6, -100, -100], [-100] * 4]
+    assert labels_from_attention_mask(ids, mask).tolist() == expected
+    # same labels as a loop over rows: mask padding, then the first attended position if padding precedes it
+    for row_ids, row_mask, row_expected in zip(ids.tolist(), mask.tolist(), expected):
+        loop = [t if m else -100 for t, m in zip(row_ids, row_mask)]
+        if 1 in row_mask and row_mask.index(1) > 0:
+            loop[row_mask.index(1)] = -100
+        assert loop == row_expected

@@ -57,10 +57,7 @@ TEXTS = ["the value is returned to the caller.",
          "return a new list of the items in the order given, or raise an error when the list is empty."]
 
 
-@pytest.mark.parametrize("padding_side", ["right", pytest.param("left", marks=pytest.mark.xfail(strict=True, reason=(
-    "known bug, reported: with left padding the collator (rlft.data.sft.labels_from_attention_mask) keeps the "
-    "label of each padded row's first real token, which the shifted loss then predicts from a padding position: "
-    "one extra, context-free term per left-padded row. Fix: also mask the label at each row's first attended position.")))])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_sft_loss_ignores_padding(model_path, pad_tokenizer, tmp_path, padding_side):
     """The loss of a padded batch [short, long] equals the token-weighted mean of each example's loss alone."""
     from datasets import Dataset
