@@ -224,11 +224,12 @@ def respond_to_batch(model: nn.Module, queries: Tensor, txt_len: int = 20, top_k
     step_input = input_ids
     for _ in range(txt_len):
         try:
-            out = model(input_ids=step_input, past_key_values=past, use_cache=True)
+            # transformers 5 calls the KV cache `cache` (`past_key_values` is deprecated)
+            out = model(input_ids=step_input, use_cache=True, **({} if past is None else {"cache": past}))
         except TypeError:  # a model without cache arguments: rerun the whole prefix
             out, past = model(input_ids), None
         logits = out[0] if isinstance(out, tuple) else out.logits
-        past = getattr(out, "past_key_values", None)
+        past = out.get("cache") if hasattr(out, "get") else None
         next_logits = top_k_top_p_filtering(logits[:, -1, :], top_k=top_k, top_p=top_p)
         token = torch.multinomial(F.softmax(next_logits.float(), dim=-1), num_samples=1)  # (B, 1)
         new_tokens.append(token)

@@ -47,6 +47,24 @@ def test_cache_given_twice_is_an_error(model_path):
         model(input_ids=IDS[:, 3:], past_key_values=cache, cache=cache)
 
 
+def test_respond_to_batch_reuses_the_cache_under_its_new_name(model_path):
+    from rlft.core import respond_to_batch
+
+    model = AutoModelForCausalLM.from_pretrained(model_path("gpt2")).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(dict(kwargs)), with_kwargs=True)
+    torch.manual_seed(0)
+    out = respond_to_batch(model, IDS[:, :3], txt_len=4, top_k=5)
+    assert out.shape == (2, 4)
+    assert all("past_key_values" not in kw for kw in seen)
+    assert [kw["input_ids"].shape[1] for kw in seen] == [3, 1, 1, 1]  # one token per step after the first
+    # the same tokens as rerunning the whole prefix each step (no cache)
+    torch.manual_seed(0)
+    no_cache = lambda input_ids, **kw: (model(input_ids=input_ids, use_cache=False).logits,)  # noqa: E731
+    plain = respond_to_batch(no_cache, IDS[:, :3], txt_len=4, top_k=5)
+    assert torch.equal(out, plain)
+
+
 # ---------------------------------------------------------------- item 16: current_device
 def test_current_device(model_path):
     model = AutoModelForCausalLMWithValueHead.from_pretrained(model_path("gpt2"))
