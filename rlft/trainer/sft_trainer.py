@@ -151,7 +151,7 @@ class SFTTrainer(Trainer):
             warnings.warn("SFTTrainer: the tokenizer has no pad token; using its EOS token for padding (EOS stays in the labels).", UserWarning, stacklevel=2)
             processing_class.pad_token = processing_class.eos_token
         if max_seq_length is None:
-            max_seq_length = min(processing_class.model_max_length, MAX_SEQ_LENGTH_CAP)
+            max_seq_length = min(getattr(processing_class, "model_max_length", MAX_SEQ_LENGTH_CAP), MAX_SEQ_LENGTH_CAP)
             warnings.warn(f"SFTTrainer: max_seq_length not set; using {max_seq_length} tokens.", UserWarning, stacklevel=2)
 
         # data
