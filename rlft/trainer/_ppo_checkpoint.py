@@ -16,6 +16,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from . import _sharding
 from ..utils.checkpoint import CHECKPOINT_PREFIX, atomic_directory, prune_checkpoints, remove_interrupted_saves, resolve_checkpoint
 
 #: Files of a PPO checkpoint written by rlft itself (accelerate writes the optimizer, scheduler and RNG files).
@@ -50,7 +51,8 @@ class PPOCheckpointMixin:
         if acc.is_main_process:
             remove_interrupted_saves(directory)
         with atomic_directory(final, marker_extra=marker, is_main_process=acc.is_main_process, barrier=acc.wait_for_everyone) as tmp:
-            acc.save_state(str(tmp))  # the policy goes through _save_policy_hook
+            with _sharding.module_state_dict(acc.unwrap_model(self.model)):  # FSDP: accelerate's DCP files
+                acc.save_state(str(tmp))  # the policy goes through _save_policy_hook
             if acc.is_main_process:
                 (tmp / TRAINER_STATE_FILE).write_text(json.dumps(self._trainer_state(), indent=1), encoding="utf-8")
         if self.nonfinite.consecutive == 0:  # saved while healthy: a good point to come back to
@@ -78,7 +80,8 @@ class PPOCheckpointMixin:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{state_file} is not a {CHECKPOINT_FORMAT} file (format={state.get('format')!r}).")
         self._check_checkpoint_matches(ckpt, state)
-        self.accelerator.load_state(str(ckpt))  # the policy goes through _load_policy_hook
+        with _sharding.module_state_dict(self.accelerator.unwrap_model(self.model)):
+            self.accelerator.load_state(str(ckpt))  # the policy goes through _load_policy_hook
         self.current_step = int(state["step"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.running.load_state_dict(state["running"])
@@ -144,6 +147,8 @@ class PPOCheckpointMixin:
         else:
             params = [p for p in self.accelerator.unwrap_model(self.model).pretrained_model.parameters() if not p.requires_grad]
         if not params or any(p.numel() == 0 for p in params):  # sharded (ZeRO-3) or empty: nothing reliable to compare
+            return None
+        if any(type(p).__name__ == "DTensor" for p in params):  # FSDP2: each process holds another slice, per world size
             return None
         with torch.no_grad():
             return [round(float(p.detach().reshape(-1)[:_FINGERPRINT_ELEMENTS].double().sum()), 6) for p in params]

@@ -42,7 +42,7 @@ from ..utils.faults import NonFiniteGuard, grad_norm, nonfinite_names
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
 from ..utils.running import RunningMoments
 from ..utils.tied_embedding import densify_grad, sparse_embedding_grad, tied_trainable_input_embedding
-from . import _distributed, _ppo_stats
+from . import _distributed, _ppo_stats, _sharding
 from ._helpers import disable_dropout_in_model, pad_token_id_or_eos
 from ._ppo_checkpoint import PPOCheckpointMixin
 from ._ppo_helpers import (
@@ -146,8 +146,8 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
         for m in (self.model, self.ref_model):
             if m is not None:
                 disable_dropout_in_model(m)
-        if self.ref_model is not None:
-            self.ref_model.to(self.accelerator.device).eval()
+        if self.ref_model is not None:  # sharded like the policy under FSDP2 / ZeRO-3 (_sharding.py)
+            self.ref_model = _sharding.prepare_reference(self.ref_model, self.accelerator)
         self._model_kwargs = accepted_kwargs(model)
         self._limits = InputLimits.of(model, self.is_encoder_decoder)
 
@@ -264,10 +264,12 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
             ends = eos_ids(generation_kwargs, getattr(_lm(policy), "generation_config", None), self.tokenizer)
             common = dict(batch_size=batch_size * k, pad_id=self._pad_id, eos_ids=ends, limits=self._limits,
                           device=self.current_device, length_sampler=length_sampler, return_prompt=return_prompt)
-            response = generate_responses(policy, queries, **common, **generation_kwargs)
+            # sharded (FSDP2 / ZeRO-3): parameters gathered once per call, not once per token (_sharding.py)
+            with _sharding.gathered_for_generation(policy, self.accelerator):
+                response = generate_responses(policy, queries, **common, **generation_kwargs)
             ref_response = None
             if generate_ref_response:
-                with self._reference_context() as ref:
+                with self._reference_context() as ref, _sharding.gathered_for_generation(ref, self.accelerator):
                     ref_response = generate_responses(ref, queries, **common, **generation_kwargs)
         if isinstance(query_tensor, Tensor) and k == 1:
             response = response[0].unsqueeze(0)

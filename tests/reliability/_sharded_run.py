@@ -1,0 +1,257 @@
+"""Training runs shared by the sharded (FSDP2) tests: launched on 2 CPU processes (gloo) with
+``ACCELERATE_USE_CPU=1 python -m torch.distributed.run --nproc_per_node 2 _sharded_run.py MODE MODEL_DIR OUT [OPTIONS]``,
+or called in-process (one process, no sharding) with the same global batch. Writes the full
+parameters and stats to OUT.
+
+accelerate 1.16 switches to FSDP only on accelerator devices: on CPU (``distributed_type``
+MULTI_CPU) it ignores an FSDP plugin and wraps the model in DDP. `use_fsdp2_on_cpu` sets its
+shared state to FSDP before the trainers create their Accelerator, so the trainers run exactly
+accelerate's FSDP2 path (``fsdp2_prepare_model``: ``fully_shard`` per block and on the root,
+DCP checkpoints) as on GPUs, only over gloo.
+
+MODE "ppo": 3 PPOTrainer steps on a global batch of 8 (a NaN score on one process at step 2), then
+generation with a different number of new tokens on each process (all-gathers counted), then
+save_checkpoint. Options: "peft" (LoRA policy), "resume=CKPT" (load CKPT first, run 1 step).
+MODE "sft": 3 SFTTrainer optimizer steps with a global batch of 4.
+MODE "hang": one PPO step, then process 1 dies; process 0 must fail within the gloo timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _distributed_run import GLOBAL_BATCH, STEPS, _global_batch  # noqa: E402
+
+#: Blocks of the tiny GPT-2 that fully_shard wraps one by one (the rest goes to the root group).
+WRAP = ["GPT2Block"]
+#: gloo timeout of the fault test: a dead peer must surface within it.
+FAULT_TIMEOUT_S = 20
+
+
+def fsdp2_plugin(**overrides):
+    from accelerate import FullyShardedDataParallelPlugin
+
+    kwargs = dict(fsdp_version=2, auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=WRAP,
+                  reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT", cpu_ram_efficient_loading=False)
+    kwargs.update(overrides)
+    return FullyShardedDataParallelPlugin(**kwargs)
+
+
+def use_fsdp2_on_cpu(plugin, timeout_s: float | None = None) -> None:
+    """Make accelerate's shared state FSDP (version 2) on CPU processes; see the module docstring."""
+    from datetime import timedelta
+
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))] if timeout_s else None
+    Accelerator(cpu=True, kwargs_handlers=handlers)
+    PartialState().distributed_type = DistributedType.FSDP  # PartialState's attributes are shared by every instance
+    AcceleratorState().fsdp_plugin = plugin
+
+
+def full_params(model) -> dict:
+    """Every parameter as a full tensor (a collective under FSDP2: call on every process)."""
+    from torch.distributed.tensor import DTensor
+
+    return {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone().contiguous() for n, p in model.named_parameters()}
+
+
+def _gather_counter():
+    """Counts FSDP2 all-gathers (one per parameter group and unshard)."""
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group as group_mod
+
+    counter = {"n": 0}
+    original = group_mod.foreach_all_gather
+
+    def counting(*args, **kwargs):
+        counter["n"] += 1
+        return original(*args, **kwargs)
+
+    group_mod.foreach_all_gather = counting
+    return counter, lambda: setattr(group_mod, "foreach_all_gather", original)
+
+
+def _peft_policy(model_dir):
+    from peft import LoraConfig
+
+    from rlft import AutoModelForCausalLMWithValueHead
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, task_type="CAUSAL_LM")
+    return AutoModelForCausalLMWithValueHead.from_pretrained(model_dir, peft_config=lora)
+
+
+def run_ppo(model_dir: str, out: Path, *options: str) -> None:
+    from accelerate import PartialState
+    from transformers import AutoTokenizer
+
+    from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
+    from rlft.trainer import _sharding
+
+    opts = dict(o.split("=", 1) if "=" in o else (o, "1") for o in options)
+    state = PartialState(cpu=True)
+    world, rank = state.num_processes, state.process_index
+    per_process = GLOBAL_BATCH // world
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.pad_token = tok.eos_token
+    torch.manual_seed(0)  # same value-head (and LoRA) init everywhere
+    model = _peft_policy(model_dir) if "peft" in opts else AutoModelForCausalLMWithValueHead.from_pretrained(model_dir)
+    config = PPOConfig(batch_size=per_process, mini_batch_size=per_process, ppo_epochs=2, learning_rate=1e-3,
+                       accelerator_kwargs={"cpu": True}, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = PPOTrainer(config, model, None, tok)
+        if "resume" in opts:
+            trainer.load_checkpoint(opts["resume"])
+    info = {"world": world, "sharding": _sharding.sharding_summary(trainer.accelerator),
+            "warnings": [str(w.message) for w in caught], "rss_mb": {}}
+    if "resume" in opts:  # the parameters as loaded, before any step
+        loaded = full_params(trainer.accelerator.unwrap_model(trainer.model))
+        if rank == 0:
+            from safetensors.torch import save_file
+
+            out.mkdir(parents=True, exist_ok=True)
+            save_file(loaded, str(out / "loaded.safetensors"))
+    steps = range(trainer.current_step, trainer.current_step + 1) if "resume" in opts else range(STEPS)
+    history = []
+    for step in steps:
+        q, r, s = _global_batch(step)
+        mine = slice(rank * per_process, (rank + 1) * per_process)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stats = trainer.step(q[mine], r[mine], s[mine])
+        history.append({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in stats.items() if not k.startswith("time/")})
+    info["history"] = history
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    info["sharded_params"] = sum(type(p).__name__ == "DTensor" for p in policy.parameters())
+    if "resume" not in opts:
+        # generation: a different number of new tokens per process (no hang), all-gathers counted
+        counter, restore = _gather_counter()
+        queries, _, _ = _global_batch(0)
+        new_tokens = 3 + 6 * rank
+        try:
+            responses = trainer.generate(queries[:2], batch_size=2, return_prompt=False, max_new_tokens=new_tokens,
+                                         min_new_tokens=new_tokens, do_sample=True, generate_ref_response=True)
+        finally:
+            restore()
+        info["generated_lengths"] = [len(x) for x in responses[0]]
+        info["all_gathers_in_generate"] = counter["n"]
+        info["fsdp_groups"] = len(_sharding.fsdp2_modules(policy)) + len(_sharding.fsdp2_modules(trainer.ref_model or torch.nn.Module()))
+        info["checkpoint"] = str(trainer.save_checkpoint(out / "run"))
+    params = full_params(policy)
+    info["rss_mb"] = _peak_rss_mb()
+    _write(out, rank, params, info)
+
+
+def run_sft(model_dir: str, out: Path, *options: str) -> None:
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from rlft import SFTTrainer
+    from rlft.trainer.utils import disable_dropout_in_model
+
+    state = PartialState(cpu=True)
+    world, rank = state.num_processes, state.process_index
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.pad_token = tok.eos_token
+    texts = ["the value is returned to the caller.", "return a new list of the items.", "the file is closed.",
+             "a new object from the list.", "the default is to use the file.", "if the path is not a string."] * 2
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    disable_dropout_in_model(model)
+    fsdp = {"fsdp": "full_shard", "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": WRAP}} if world > 1 else {}
+    args = TrainingArguments(output_dir=str(out / "sft"), report_to=[], use_cpu=True, max_steps=STEPS, save_strategy="no",
+                             per_device_train_batch_size=4 // world, learning_rate=5e-3, logging_steps=1,
+                             disable_tqdm=True, seed=0, data_seed=0, **fsdp)
+    if world > 1:  # TrainingArguments resets accelerate's state when it picks its device: apply the shim again
+        args.device  # noqa: B018
+        use_fsdp2_on_cpu(fsdp2_plugin())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
+                             processing_class=tok, dataset_text_field="text", max_seq_length=16)
+        result = trainer.train()
+    from rlft.trainer import _sharding
+
+    info = {"world": world, "loss": result.training_loss, "sharding": _sharding.sharding_summary(trainer.accelerator),
+            "sharded_params": sum(type(p).__name__ == "DTensor" for p in trainer.model.parameters())}
+    params = full_params(trainer.model)
+    info["rss_mb"] = _peak_rss_mb()
+    _write(out, rank, params, info)
+
+
+def run_hang(model_dir: str, out: Path, *options: str) -> None:
+    """Process 1 exits after one step; process 0 enters the next step and must raise, not hang."""
+    from accelerate import PartialState
+    from transformers import AutoTokenizer
+
+    from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
+
+    rank = PartialState(cpu=True).process_index
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.pad_token = tok.eos_token
+    torch.manual_seed(0)
+    trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=4, accelerator_kwargs={"cpu": True}, seed=0),
+                         AutoModelForCausalLMWithValueHead.from_pretrained(model_dir), None, tok)
+    q, r, s = _global_batch(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.step(q[rank * 4:(rank + 1) * 4], r[rank * 4:(rank + 1) * 4], s[rank * 4:(rank + 1) * 4])
+        if rank == 1:
+            os._exit(3)  # killed mid-run: no goodbye to the process group
+        t = time.time()
+        try:
+            trainer.step(q[:4], r[:4], s[:4])
+        except Exception as err:  # what the survivor sees
+            (out / "survivor.json").write_text(json.dumps({"error": f"{type(err).__name__}: {err}"[:2000], "seconds": time.time() - t}))
+            os._exit(1)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _write(out: Path, rank: int, params: dict, info: dict) -> None:
+    import torch.distributed as dist
+
+    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_available() and dist.is_initialized():  # each process's own numbers, written by the main one
+        per_rank = [None] * dist.get_world_size()
+        dist.all_gather_object(per_rank, {k: info.get(k) for k in ("rss_mb", "all_gathers_in_generate", "generated_lengths")})
+        info["per_process"] = per_rank
+    if rank == 0:
+        from safetensors.torch import save_file
+
+        save_file(params, str(out / "params.safetensors"))
+        (out / "stats.json").write_text(json.dumps(info))
+
+
+def main() -> None:
+    mode, model_dir, out, options = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    # SFT also names FSDP in its TrainingArguments (so transformers takes its FSDP paths); the plugin is the same
+    use_fsdp2_on_cpu(fsdp2_plugin(), timeout_s=FAULT_TIMEOUT_S if mode == "hang" else None)
+    {"ppo": run_ppo, "sft": run_sft, "hang": run_hang}[mode](model_dir, out, *options)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

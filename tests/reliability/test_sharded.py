@@ -1,0 +1,123 @@
+"""FSDP2 with real processes: 2 CPU processes (gloo) running accelerate's FSDP2 path (see
+_sharded_run.py for how accelerate is put on it on CPU) give the same parameters as one unsharded
+process with the same global batch, for PPOTrainer (full model with GPT-2's tied head, sharded
+reference; LoRA) and SFTTrainer; generation gathers the parameters once per call; a sharded PPO
+checkpoint loads bitwise into another number of processes; a dead process surfaces as an error
+within the gloo timeout."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from . import _sharded_run
+from .test_multiprocess import ATOL, KEY_BIAS, KEY_BIAS_ATOL
+
+SCRIPT = Path(_sharded_run.__file__)
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
+
+
+def launch(mode, model_dir, out, *options, nproc=2, expect_rc=0, timeout=300):
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    with socket.socket() as sock:  # a free port: a fixed one may still be held by the previous launch
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", port,
+           str(SCRIPT), mode, model_dir, str(out), *options]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    if expect_rc == 0:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def single(mode, model_dir, out, *options):
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    try:
+        getattr(_sharded_run, f"run_{mode}")(model_dir, out, *options)
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads((out / "stats.json").read_text())
+
+
+def max_diff(a_dir, b_dir, name="params.safetensors"):
+    a, b = load_file(str(a_dir / name)), load_file(str(b_dir / name))
+    assert a.keys() == b.keys()
+    key_bias = max((float((a[k] - b[k]).abs().max()) for k in a if k.endswith(KEY_BIAS)), default=0.0)
+    assert key_bias < KEY_BIAS_ATOL
+    return max(float((a[k] - b[k]).abs().max()) for k in a if not k.endswith(KEY_BIAS))
+
+
+@pytest.mark.slow
+def test_ppo_fsdp2_two_processes_match_one(model_path, tmp_path):
+    model_dir = model_path("gpt2")  # GPT-2's LM head is tied to its input embedding: one parameter, sharded once
+    launch("ppo", model_dir, tmp_path / "two")
+    one = single("ppo", model_dir, tmp_path / "one")
+    two = json.loads((tmp_path / "two" / "stats.json").read_text())
+    assert two["sharding"] == "FSDP2 over 2 processes" and one["sharding"] == "none (one process)"
+    assert two["sharded_params"] > 0 and one["sharded_params"] == 0
+    diff = max_diff(tmp_path / "two", tmp_path / "one")
+    print(f"PPO FSDP2 2 processes: max |param difference| vs 1 process = {diff:.2e}; per process {two['per_process']}")
+    assert diff < ATOL
+    for s2, s1 in zip(two["history"], one["history"]):
+        assert s2["ppo/nonfinite/skipped"] == s1["ppo/nonfinite/skipped"]
+    assert two["history"][1]["ppo/nonfinite/skipped"] == 1.0  # the NaN score on one process skipped the step on both
+
+    # generation: each process generated its own length (3 and 9 tokens) without waiting for the other, and
+    # gathered each FSDP group once per call: as many all-gathers for 9 tokens as for 3, at most one per group
+    first, second = two["per_process"]
+    assert first["generated_lengths"] == [3, 3] and second["generated_lengths"] == [9, 9]
+    assert first["all_gathers_in_generate"] == second["all_gathers_in_generate"] <= two["fsdp_groups"]
+
+    # the sharded checkpoint (torch.distributed.checkpoint files) loads bitwise into 1 process, with a warning
+    ckpt = Path(two["checkpoint"])
+    assert (ckpt / "pytorch_model_fsdp_0").is_dir() and (ckpt / "optimizer_0").is_dir()
+    launch("ppo", model_dir, tmp_path / "resumed", f"resume={ckpt}", nproc=1)
+    resumed = json.loads((tmp_path / "resumed" / "stats.json").read_text())
+    assert any("saved with 2 processes, this run has 1" in w for w in resumed["warnings"])
+    loaded, saved = load_file(str(tmp_path / "resumed" / "loaded.safetensors")), load_file(str(tmp_path / "two" / "params.safetensors"))
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert resumed["history"][0]["ppo/nonfinite/skipped"] == 0.0  # and it trains on (optimizer state loaded too)
+
+
+@pytest.mark.slow
+def test_ppo_fsdp2_peft_two_processes_match_one(model_path, tmp_path):
+    model_dir = model_path("gpt2")
+    launch("ppo", model_dir, tmp_path / "two", "peft")
+    single("ppo", model_dir, tmp_path / "one", "peft")
+    two = json.loads((tmp_path / "two" / "stats.json").read_text())
+    assert two["sharding"] == "FSDP2 over 2 processes" and two["sharded_params"] > 0
+    diff = max_diff(tmp_path / "two", tmp_path / "one")
+    print(f"PPO LoRA FSDP2 2 processes: max |param difference| vs 1 process = {diff:.2e}")
+    assert diff < ATOL
+    lora = [k for k in load_file(str(tmp_path / "two" / "params.safetensors")) if "lora_" in k]
+    assert lora  # the adapter is in the compared parameters
+
+
+@pytest.mark.slow
+def test_sft_fsdp2_two_processes_match_one(model_path, tmp_path):
+    model_dir = model_path("gpt2")
+    launch("sft", model_dir, tmp_path / "two")
+    single("sft", model_dir, tmp_path / "one")
+    two = json.loads((tmp_path / "two" / "stats.json").read_text())
+    assert two["sharding"] == "FSDP2 over 2 processes" and two["sharded_params"] > 0
+    diff = max_diff(tmp_path / "two", tmp_path / "one")
+    print(f"SFT FSDP2 2 processes: max |param difference| vs 1 process = {diff:.2e}; per process {two['per_process']}")
+    assert diff < ATOL
+
+
+@pytest.mark.slow
+def test_dead_process_fails_the_others_within_the_timeout(model_path, tmp_path):
+    proc = launch("hang", model_path("gpt2"), tmp_path / "hang", expect_rc=None, timeout=240)
+    assert proc.returncode != 0
+    survivor = json.loads((tmp_path / "hang" / "survivor.json").read_text())
+    print(survivor)
+    assert survivor["seconds"] < _sharded_run.FAULT_TIMEOUT_S + 60
