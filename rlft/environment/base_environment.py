@@ -595,9 +595,8 @@ def _pad_id(tokenizer) -> int:
 
 def _eos_ids(model, tokenizer, generation_kwargs: dict) -> set[int]:
     """The token ids that end generation: the call's ``eos_token_id``, else the model's, else the tokenizer's."""
-    if "eos_token_id" in generation_kwargs:  # None here switches EOS off
-        eos = generation_kwargs["eos_token_id"]
-    else:
+    eos = generation_kwargs.get("eos_token_id")  # None: transformers falls back to the model's, so do we
+    if eos is None:
         config = getattr(model, "generation_config", None) or getattr(getattr(model, "pretrained_model", None), "generation_config", None)
         eos = getattr(config, "eos_token_id", None)
         if eos is None:
