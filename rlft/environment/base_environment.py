@@ -299,7 +299,8 @@ class TextEnvironment:
         max_length: most tokens per episode (prompt included); an episode longer than this is
             completed as truncated. None: no limit.
         generation_kwargs: keyword arguments for ``model.generate`` (``max_new_tokens``, ``do_sample``, ...).
-        max_tool_response: the same as ``max_tool_reponse``; give at most one of them.
+        max_tool_response: the same as ``max_tool_reponse`` (correctly spelt); giving it together with a
+            non-default ``max_tool_reponse`` is an error.
         num_generations: episodes per task: ``run`` repeats each task this many times in
             consecutive blocks (for group-relative advantages).
         generation_batch_size: most episodes per ``generate`` call; None: all unfinished episodes at once.
@@ -313,7 +314,7 @@ class TextEnvironment:
         reward_fn: Optional[Callable[..., Sequence[Any]]] = None,
         prompt: Optional[str] = None,
         max_turns: int = 4,
-        max_tool_reponse: Optional[int] = None,
+        max_tool_reponse: int = DEFAULT_MAX_TOOL_RESPONSE,
         max_length: Optional[int] = None,
         generation_kwargs: Optional[dict] = None,
         *,
@@ -322,12 +323,12 @@ class TextEnvironment:
         generation_batch_size: Optional[int] = None,
     ):
         # arguments
-        if max_tool_reponse is not None and max_tool_response is not None:
+        if max_tool_response is not None and max_tool_reponse != DEFAULT_MAX_TOOL_RESPONSE:
             raise ValueError(
                 "TextEnvironment: give max_tool_response or TRL 0.7's spelling max_tool_reponse, not both."
             )
         max_tool = max_tool_response if max_tool_response is not None else max_tool_reponse
-        self.max_tool_response = DEFAULT_MAX_TOOL_RESPONSE if max_tool is None else int(max_tool)
+        self.max_tool_response = int(max_tool)
         if self.max_tool_response < len(TRUNCATION_SUFFIX):
             raise ValueError(f"TextEnvironment: max_tool_reponse must be at least {len(TRUNCATION_SUFFIX)}, got {max_tool}.")
         if max_turns < 1:
