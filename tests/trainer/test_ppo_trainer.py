@@ -97,8 +97,10 @@ def test_trainer_signature():
     assert inspect.signature(PPOTrainer.log_stats).parameters["columns_to_log"].default == ["query", "response"]
     assert inspect.signature(PPOTrainer.create_model_card).parameters["model_name"].default == "TRL Model"
     assert list(inspect.signature(PPOTrainer.compute_rewards).parameters)[1:] == ["scores", "logprobs", "ref_logprobs", "masks"]
+    # TRL's parameters first; rlft's optional ref_logprobs (the KL loss term) last, default None.
     assert list(inspect.signature(PPOTrainer.loss).parameters)[1:] == [
-        "old_logprobs", "values", "logits", "vpreds", "logprobs", "mask", "advantages", "returns"]
+        "old_logprobs", "values", "logits", "vpreds", "logprobs", "mask", "advantages", "returns", "ref_logprobs"]
+    assert inspect.signature(PPOTrainer.loss).parameters["ref_logprobs"].default is None
     assert list(inspect.signature(PPOTrainer.train_minibatch).parameters)[1:] == [
         "old_logprobs", "values", "logprobs", "logits", "vpreds", "mask", "advantages", "returns", "ref_logprobs"]
 
@@ -347,8 +349,9 @@ def test_dataset_becomes_dataloader(model_path, tokenizer):
     trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=2), model, None, tokenizer, dataset=ds)
     b = next(iter(trainer.dataloader))
     assert set(b) == {"input_ids", "query"} and len(b["input_ids"]) == 4
-    with pytest.raises(ValueError, match="fewer than PPOConfig.batch_size"):
-        PPOTrainer(PPOConfig(batch_size=16, mini_batch_size=2), model, None, tokenizer, dataset=ds)
+    with pytest.warns(UserWarning, match="fewer than PPOConfig.batch_size"):  # TRL 0.7 built an empty dataloader
+        empty = PPOTrainer(PPOConfig(batch_size=16, mini_batch_size=2), model, None, tokenizer, dataset=ds)
+    assert list(empty.dataloader) == []
 
 
 # --------------------------------------------------------------------------- saving
