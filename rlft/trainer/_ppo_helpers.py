@@ -17,6 +17,7 @@ from ..utils.faults import is_out_of_memory, out_of_memory_error
 from ..utils.resumable import ResumableSampler
 from ..utils.sampling_generate import generate as sampling_generate
 from ._helpers import pad_with_mask
+from ._model_helpers import unwrap_base_model
 from ._ppo_inputs import InputLimits, check_context
 from .ppo_config import PPOConfig
 
@@ -106,9 +107,7 @@ def logits_to_keep(model, accepted: set[str], width: int, T: int, device) -> Uni
     """
     if "logits_to_keep" not in accepted:
         return None
-    inner = getattr(model, "pretrained_model", model)
-    if hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
+    inner = unwrap_base_model(model)
     try:
         annotation = str(inspect.signature(inner.forward).parameters["logits_to_keep"].annotation)
     except (KeyError, TypeError, ValueError):
@@ -148,9 +147,7 @@ def default_optimizer(params: list, lr: float) -> torch.optim.Optimizer:
 
 def accepted_kwargs(model) -> set[str]:
     """Forward arguments of the transformers model inside a wrapper (and peft) that we may pass."""
-    inner = getattr(model, "pretrained_model", model)
-    if hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
+    inner = unwrap_base_model(model)
     try:
         return set(inspect.signature(inner.forward).parameters)
     except (TypeError, ValueError):

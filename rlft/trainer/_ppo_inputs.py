@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._model_helpers import unwrap_base_model
 from ._ppo_types import StepInputs
 
 
@@ -27,7 +28,7 @@ class InputLimits:
     @classmethod
     def of(cls, model, is_encoder_decoder: bool) -> "InputLimits":
         """Embedding rows and maximum positions of ``model`` (None where it has no fixed limit)."""
-        inner = getattr(model, "pretrained_model", model)
+        inner = unwrap_base_model(model)
         try:
             vocab = int(inner.get_input_embeddings().num_embeddings)
         except (AttributeError, NotImplementedError, TypeError):

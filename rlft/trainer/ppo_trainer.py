@@ -62,7 +62,8 @@ SCORE_SCALING_EPS = torch.finfo(torch.float32).eps
 
 
 def _lm(model):
-    """The language model inside a value-head wrapper (or the model itself, for a plain or peft one)."""
+    """The language model inside a value-head wrapper, or the model itself (plain or peft). It stops at the
+    peft wrapper, unlike `unwrap_base_model`: the reference of a peft policy is its ``disable_adapter()``."""
     return getattr(model, "pretrained_model", model)
 
 
