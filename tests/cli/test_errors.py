@@ -49,6 +49,7 @@ def cases(tmp_path, model_path):
                              "--per_device_train_batch_size 0: must be a positive integer"),
         "batch size 0 dpo": (["dpo", "--tiny", "--per_device_train_batch_size", "0", "--output_dir", out],
                              "--per_device_train_batch_size 0: must be a positive integer"),
+        "demo steps": (["demo", "--tiny", "--max_ppo_steps", "-3"], "--max_ppo_steps -3: must be a positive integer"),
         "typo": (["sft", "--tiny", "--learning_rat", "1e-3", "--output_dir", out], "did you mean --learning_rate?"),
         "internal field": (["ppo", "--tiny", "--is_peft_model", "true", "--output_dir", out], "computed by rlft, not an option"),
         "reward_model": (["ppo", "--tiny", "--reward_model", model_path("gpt2"), "--output_dir", out], "use --reward instead"),
@@ -62,7 +63,7 @@ def cases(tmp_path, model_path):
 
 
 CASES = ["run dir as model", "empty folder as model", "negative lr with =", "negative lr", "batch size 0 sft", "batch size 0 dpo",
-         "typo", "internal field", "reward_model", "resume another command's run", "causal LM as reward",
+         "demo steps", "typo", "internal field", "reward_model", "resume another command's run", "causal LM as reward",
          "resume before first checkpoint"]
 
 
