@@ -13,7 +13,8 @@ MODE "ppo": 3 PPOTrainer steps on a global batch of 8 (a NaN score on one proces
 generation with a different number of new tokens on each process (all-gathers counted), then
 save_checkpoint. Options: "peft" (LoRA policy), "resume=CKPT" (load CKPT first, run 1 step).
 MODE "sft": 3 SFTTrainer optimizer steps with a global batch of 4.
-MODE "hang": one PPO step, then process 1 dies; process 0 must fail within the gloo timeout.
+MODE "hang": one PPO step, then process 1 dies (option "stuck": sleeps instead); process 0 must fail
+within the gloo timeout instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def run_ppo(model_dir: str, out: Path, *options: str) -> None:
     info["history"] = history
     policy = trainer.accelerator.unwrap_model(trainer.model)
     info["sharded_params"] = sum(type(p).__name__ == "DTensor" for p in policy.parameters())
+    reference = trainer.ref_model if trainer.ref_model is not None else torch.nn.Module()
+    info["reference_sharded_params"] = sum(type(p).__name__ == "DTensor" for p in reference.parameters())
     if "resume" not in opts:
         # generation: a different number of new tokens per process (no hang), all-gathers counted
         counter, restore = _gather_counter()
@@ -147,6 +150,9 @@ def run_ppo(model_dir: str, out: Path, *options: str) -> None:
         info["all_gathers_in_generate"] = counter["n"]
         info["fsdp_groups"] = len(_sharding.fsdp2_modules(policy)) + len(_sharding.fsdp2_modules(trainer.ref_model or torch.nn.Module()))
         info["checkpoint"] = str(trainer.save_checkpoint(out / "run"))
+    lm = getattr(policy, "pretrained_model", policy)
+    info["tied_head"] = lm.get_output_embeddings().weight is lm.get_input_embeddings().weight
+    info.update(_local_bytes(policy, trainer.optimizer))
     params = full_params(policy)
     info["rss_mb"] = _peak_rss_mb()
     _write(out, rank, params, info)
@@ -184,6 +190,7 @@ def run_sft(model_dir: str, out: Path, *options: str) -> None:
 
     info = {"world": world, "loss": result.training_loss, "sharding": _sharding.sharding_summary(trainer.accelerator),
             "sharded_params": sum(type(p).__name__ == "DTensor" for p in trainer.model.parameters())}
+    info.update(_local_bytes(trainer.model, trainer.optimizer))
     params = full_params(trainer.model)
     info["rss_mb"] = _peak_rss_mb()
     _write(out, rank, params, info)
@@ -206,6 +213,8 @@ def run_hang(model_dir: str, out: Path, *options: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.step(q[rank * 4:(rank + 1) * 4], r[rank * 4:(rank + 1) * 4], s[rank * 4:(rank + 1) * 4])
+        if rank == 1 and "stuck" in options:
+            time.sleep(10 * FAULT_TIMEOUT_S)  # alive but never reaching the next collective
         if rank == 1:
             os._exit(3)  # killed mid-run: no goodbye to the process group
         t = time.time()
@@ -214,6 +223,17 @@ def run_hang(model_dir: str, out: Path, *options: str) -> None:
         except Exception as err:  # what the survivor sees
             (out / "survivor.json").write_text(json.dumps({"error": f"{type(err).__name__}: {err}"[:2000], "seconds": time.time() - t}))
             os._exit(1)
+
+
+def _local_bytes(model, optimizer) -> dict:
+    """Bytes this process holds of the model's parameters and of the optimizer state (its shards under FSDP)."""
+    def nbytes(t):
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
+    state = getattr(optimizer, "optimizer", optimizer).state
+    return {"params_kb": sum(nbytes(p) for p in model.parameters()) / 1024,
+            "optimizer_kb": sum(nbytes(v) for s in state.values() for v in s.values() if torch.is_tensor(v) and v.dim()) / 1024}
 
 
 def _peak_rss_mb() -> float:
@@ -228,7 +248,7 @@ def _write(out: Path, rank: int, params: dict, info: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if dist.is_available() and dist.is_initialized():  # each process's own numbers, written by the main one
         per_rank = [None] * dist.get_world_size()
-        dist.all_gather_object(per_rank, {k: info.get(k) for k in ("rss_mb", "all_gathers_in_generate", "generated_lengths")})
+        dist.all_gather_object(per_rank, {k: info.get(k) for k in ("rss_mb", "params_kb", "optimizer_kb", "all_gathers_in_generate", "generated_lengths")})
         info["per_process"] = per_rank
     if rank == 0:
         from safetensors.torch import save_file
@@ -249,6 +269,11 @@ def main() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    # Leave without the interpreter's teardown: gloo's threads sometimes abort there ("terminate called
+    # without an active exception", SIGABRT) after everything has finished and been written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

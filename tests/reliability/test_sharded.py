@@ -64,8 +64,13 @@ def test_ppo_fsdp2_two_processes_match_one(model_path, tmp_path):
     two = json.loads((tmp_path / "two" / "stats.json").read_text())
     assert two["sharding"] == "FSDP2 over 2 processes" and one["sharding"] == "none (one process)"
     assert two["sharded_params"] > 0 and one["sharded_params"] == 0
+    assert two["reference_sharded_params"] > 0  # the frozen copy is sharded like the policy
+    assert two["tied_head"] and one["tied_head"]  # GPT-2's LM head stays the input embedding under fully_shard
+    for process in two["per_process"]:  # each process holds about half of the parameters and optimizer state
+        assert process["params_kb"] < 0.6 * one["params_kb"] and process["optimizer_kb"] < 0.6 * one["optimizer_kb"]
     diff = max_diff(tmp_path / "two", tmp_path / "one")
-    print(f"PPO FSDP2 2 processes: max |param difference| vs 1 process = {diff:.2e}; per process {two['per_process']}")
+    print(f"PPO FSDP2 2 processes: max |param difference| vs 1 process = {diff:.2e}; per process {two['per_process']}; "
+          f"1 process: params {one['params_kb']:.0f} KiB, optimizer {one['optimizer_kb']:.0f} KiB")
     assert diff < ATOL
     for s2, s1 in zip(two["history"], one["history"]):
         assert s2["ppo/nonfinite/skipped"] == s1["ppo/nonfinite/skipped"]
@@ -115,9 +120,14 @@ def test_sft_fsdp2_two_processes_match_one(model_path, tmp_path):
 
 
 @pytest.mark.slow
-def test_dead_process_fails_the_others_within_the_timeout(model_path, tmp_path):
-    proc = launch("hang", model_path("gpt2"), tmp_path / "hang", expect_rc=None, timeout=240)
+@pytest.mark.parametrize("fault", ["killed", "stuck"])
+def test_dead_process_fails_the_others_within_the_timeout(model_path, tmp_path, fault):
+    proc = launch("hang", model_path("gpt2"), tmp_path / "hang", fault, expect_rc=None, timeout=240)
     assert proc.returncode != 0
     survivor = json.loads((tmp_path / "hang" / "survivor.json").read_text())
-    print(survivor)
-    assert survivor["seconds"] < _sharded_run.FAULT_TIMEOUT_S + 60
+    print(fault, survivor)
+    assert survivor["error"].startswith("RuntimeError") or survivor["error"].startswith("DistBackendError")
+    if fault == "killed":  # the peer's socket closes: at once
+        assert survivor["seconds"] < 30 and "Connection" in survivor["error"]
+    else:  # the peer is alive but silent: the process group's timeout
+        assert _sharded_run.FAULT_TIMEOUT_S - 1 < survivor["seconds"] < _sharded_run.FAULT_TIMEOUT_S + 60
