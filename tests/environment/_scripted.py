@@ -40,4 +40,5 @@ class ScriptedModel(torch.nn.Module):
         force = _Force(plans, input_ids.shape[1], self.tokenizer.eos_token_id)
         kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), force])
         kwargs.setdefault("max_new_tokens", 80)
-        return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False, **kwargs)
+        kwargs["do_sample"] = False
+        return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
