@@ -9,6 +9,7 @@ and epoch forwards, backward: backward passes and optimizer steps, other; see
 
     .venv/bin/python benchmarks/sentiment.py --output_dir runs/sentiment-vader --overwrite
     .venv/bin/python benchmarks/sentiment.py --reward learned --output_dir runs/sentiment-learned --overwrite
+    .venv/bin/python benchmarks/sentiment.py --advantage_estimator rloo --num_generations 4 --output_dir runs/sentiment-rloo
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def print_table(summary: dict, load_before=None, load_after=None) -> None:
     judges = [k[:-5] for k in b if k.endswith("_mean") and k != "kl_mean"]
     trained_on = "VADER" if summary["reward"] == "vader" else "the learned MiniLM reward"
     print()
-    print(f"sentiment benchmark: policy trained against {trained_on}; {summary['heldout_prompts']} held-out prompts"
+    print(f"sentiment benchmark: policy trained against {trained_on} with {summary.get('advantage_estimator', 'gae')}; "
+          f"{summary['heldout_prompts']} held-out prompts"
           + (" (SMOKE TEST: tiny model)" if summary["smoke_test"] else ""))
     gain_ci = summary.get("gain_ci95", {})
     print(f"{'judge':<16}{'before':>18}{'after':>18}{'gain (paired by prompt)':>26}")

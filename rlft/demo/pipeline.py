@@ -270,12 +270,15 @@ def _ppo(model, tokenizer, data: DemoData, reward_fn, cfg: DemoConfig, run, log)
     settings = PPOSettings(
         learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, mini_batch_size=cfg.mini_batch_size,
         ppo_epochs=cfg.ppo_epochs, init_kl_coef=cfg.init_kl_coef, target_kl=cfg.target_kl, kl_horizon=cfg.kl_horizon,
-        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, advantage_estimator=cfg.advantage_estimator,
+        num_generations=cfg.num_generations or (4 if cfg.advantage_estimator in ("grpo", "dr_grpo", "rloo") else 1),
+        kl_loss_coef=cfg.kl_loss_coef, kl_in_reward=cfg.kl_in_reward,
     )
     trainer = make_trainer(model, tokenizer, settings)
     budget = cfg.ppo_minutes * 60 if cfg.ppo_minutes else math.inf
     limit = f"{cfg.max_ppo_steps} steps" + (f" or {cfg.ppo_minutes:g} min, whichever comes first" if cfg.ppo_minutes else "")
-    log(f"PPO: {limit}, batch {cfg.batch_size}, LoRA r={cfg.lora_r} ({cfg.lora_targets}), lr {cfg.learning_rate}")
+    log(f"PPO ({cfg.advantage_estimator}, {settings.num_generations} samples per prompt): {limit}, batch {cfg.batch_size}, "
+        f"LoRA r={cfg.lora_r} ({cfg.lora_targets}), lr {cfg.learning_rate}")
     history: list[dict] = []
     with graceful_interrupt() as stop, TrainingProgress(
         cfg.max_ppo_steps, desc="PPO", keys=("reward_mean", "kl", "loss"), unit="step"
@@ -309,6 +312,7 @@ def _summary(cfg, smoke, rm_report, before, after, bon, train_result, timings, s
     return {
         "smoke_test": smoke,
         "reward": cfg.reward,
+        "advantage_estimator": cfg.advantage_estimator,
         "heldout_prompts": len(before.prompts),
         "before": b,
         "after": a,

@@ -35,6 +35,10 @@ class PPOSettings:
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
     seed: int = 0
+    advantage_estimator: str = "gae"
+    num_generations: int = 1
+    kl_loss_coef: float | None = None
+    kl_in_reward: bool | None = None
 
 
 @dataclass
@@ -62,11 +66,17 @@ def make_trainer(model, tokenizer, s: PPOSettings) -> PPOTrainer:
         vf_coef=s.vf_coef,
         seed=s.seed,
         log_with=None,
+        advantage_estimator=s.advantage_estimator,
+        num_generations=s.num_generations,
+        kl_loss_coef=s.kl_loss_coef,
+        kl_in_reward=s.kl_in_reward,
     )
     import warnings
 
     with warnings.catch_warnings():  # train_ppo feeds step() itself: PPOTrainer's "no dataset" reminder does not apply
         warnings.filterwarnings("ignore", message="No dataset is provided", category=UserWarning)
+        # the demo's value-head model serves every estimator; critic-free ones leave the head alone
+        warnings.filterwarnings("ignore", message=".*needs no critic: the model's value head is not trained", category=UserWarning)
         return PPOTrainer(config, model, ref_model=None, tokenizer=tokenizer)
 
 
@@ -105,13 +115,16 @@ def train_ppo(
             break
         t0 = time.perf_counter()
         # 1. a batch of training prompts
-        batch = [prompts[rng.randrange(len(prompts))] for _ in range(s.batch_size)]
+        k = s.num_generations  # samples per prompt: query i's k responses are consecutive
+        distinct = [prompts[rng.randrange(len(prompts))] for _ in range(s.batch_size // k)]
+        batch = [p for p in distinct for _ in range(k)]
         queries = [torch.tensor(tokenizer(p)["input_ids"]) for p in batch]
         # 2. generate (temperature 1, full distribution: PPO's ratio needs true samples)
         t = time.perf_counter()
         responses = trainer.generate(
-            queries,
-            batch_size=s.generation_batch_size,
+            queries[::k],
+            num_return_sequences=k,
+            batch_size=max(1, s.generation_batch_size // k),
             return_prompt=False,
             max_new_tokens=s.max_new_tokens,
             do_sample=True,

@@ -192,3 +192,15 @@ def dataclasses_replace_notes(cfg):
 
     timed = dataclasses.replace(cfg, ppo_minutes=9.0)
     return _notes(timed, False, SimpleNamespace(steps=4, seconds=60.0), False, {}, {}, {})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+def test_tiny_demo_with_a_critic_free_estimator(tmp_path, estimator):
+    """The demo's PPO phase with a group estimator: batch_size / k prompts, k samples each, grouped."""
+    from rlft.demo import run_demo
+
+    summary = run_demo(DemoConfig(output_dir=str(tmp_path / "run"), tiny=True, bon_n=2, max_ppo_steps=2,
+                                  advantage_estimator=estimator, batch_size=8, mini_batch_size=8, ppo_epochs=1))
+    assert summary["ppo_steps"] == 2 and summary["advantage_estimator"] == estimator
+    assert all(v == v for k, v in summary["after"].items() if k.endswith("_mean"))  # no NaN
