@@ -137,13 +137,15 @@ def _dispatch(name: str, argv: list[str]) -> int:
 
 
 def _remove_unstarted_run(output_dir: str | None, existed: bool) -> None:
-    """Remove a run directory this command created and failed in before its first checkpoint,
-    so the same command can be rerun without --overwrite."""
+    """Remove a run directory this command created and failed in before training logged anything
+    (no metrics, no checkpoint), so the same command can be rerun without --overwrite."""
     if output_dir is None or existed:
         return
     path = Path(output_dir)
     checkpoints = path / "checkpoints"
-    if path.is_dir() and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+    metrics = path / "metrics.jsonl"
+    started = (checkpoints.is_dir() and any(checkpoints.iterdir())) or (metrics.is_file() and metrics.stat().st_size > 0)
+    if path.is_dir() and not started:
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -110,6 +110,19 @@ def test_a_failure_after_the_run_dir_was_created_removes_it(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert "ValueError: something deep inside broke" in err and "Traceback" not in err and "RLFT_TRACEBACK=1" in err
     assert not (tmp_path / "out").exists()
+    def broken_later(*args, **kwargs):  # failing after training logged a step: the run is kept for inspection
+        from rlft.cli._run import open_run
+
+        open_run(str(tmp_path / "out"), args[0], "sft", {"a": 1}).log_metrics(1, {"loss": 1.0})
+        raise ValueError("broke at step 2")
+
+    monkeypatch.setattr(sft, "run", broken_later)
+    assert main(["sft", "--tiny", "--output_dir", str(tmp_path / "out")]) == 1
+    assert (tmp_path / "out" / "metrics.jsonl").is_file()
+    monkeypatch.setattr(sft, "run", broken)
     monkeypatch.setenv("RLFT_TRACEBACK", "1")
+    import shutil
+
+    shutil.rmtree(tmp_path / "out")
     with pytest.raises(ValueError, match="deep inside"):
         main(["sft", "--tiny", "--output_dir", str(tmp_path / "out")])
