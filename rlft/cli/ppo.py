@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -86,8 +87,10 @@ def run(args: PPOScriptArguments, config) -> dict:
     model_path = _load.model_folder(args.model_name_or_path)
     tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path)
     prompts = _load.load_prompts(args)
-    if len(prompts) < config.batch_size:
-        raise CLIError(f"{len(prompts)} prompts but --batch_size {config.batch_size}; lower batch_size or add prompts.")
+    k = config.num_generations  # samples per prompt (the groups of grpo / dr_grpo / rloo)
+    if len(prompts) < config.batch_size // k:
+        raise CLIError(f"{len(prompts)} prompts but --batch_size {config.batch_size} needs {config.batch_size // k} "
+                       f"({k} samples each); lower batch_size or add prompts.")
     queries = _tokenize_prompts(prompts, tokenizer, args, config.seed)
     reward_fn, reward_what = _load.load_text_reward(args.reward, args.reward_batch_size, args.reward_label)
     config.model_name = config.model_name or args.model_name_or_path
@@ -100,7 +103,9 @@ def run(args: PPOScriptArguments, config) -> dict:
     set_seed(config.seed)  # a new value head is initialised at random: the same one for the same seed
     peft_config = lora_config(args, "SEQ_2_SEQ_LM" if enc_dec else "CAUSAL_LM", model_path)
     model = wrapper.from_pretrained(model_path, **({"peft_config": peft_config} if peft_config is not None else {}))
-    trainer = PPOTrainer(config, model, None, tokenizer, num_shared_layers=args.num_shared_layers)
+    with warnings.catch_warnings():  # one value-head model serves every estimator; critic-free ones leave its head alone
+        warnings.filterwarnings("ignore", message=".*needs no critic: the model's value head is not trained", category=UserWarning)
+        trainer = PPOTrainer(config, model, None, tokenizer, num_shared_layers=args.num_shared_layers)
 
     # -- resume, or record the untrained model's samples
     sample_prompts = prompts[: args.num_samples]
@@ -119,13 +124,14 @@ def run(args: PPOScriptArguments, config) -> dict:
     with graceful_interrupt() as stop, progress(config.steps, "ppo", BAR_KEYS, initial=trainer.current_step) as bar:
         while trainer.current_step < config.steps and not stop.stop:
             step_seed = config.seed * _STEP_SEED_STRIDE + trainer.current_step
-            picked = random.Random(step_seed).sample(range(len(queries)), config.batch_size)
-            batch_queries = [queries[i] for i in picked]
+            picked = random.Random(step_seed).sample(range(len(queries)), config.batch_size // k)
+            distinct = [queries[i] for i in picked]
+            batch_queries = [q for q in distinct for _ in range(k)]  # query i's k samples are consecutive
             t0 = time.time()
             set_seed(step_seed)  # generation and the minibatch order (torch, numpy, random) of this step
             responses = trainer.generate(
-                batch_queries, return_prompt=False, length_sampler=length_sampler,
-                batch_size=args.generation_batch_size, **gen_kwargs,
+                distinct, return_prompt=False, length_sampler=length_sampler, num_return_sequences=k,
+                batch_size=max(1, args.generation_batch_size // k), **gen_kwargs,
             )
             t1 = time.time()
             query_texts = tokenizer.batch_decode(batch_queries, skip_special_tokens=True)

@@ -199,3 +199,28 @@ def test_ctrl_c_saves_a_loadable_model_and_resume_continues(tmp_path, data_files
 
     assert main(["ppo", "--output_dir", str(out), "--resume", "--steps", str(done + 2)]) == 0
     assert [r["step"] for r in RunDir(out, resume=True).read_metrics()] == list(range(1, done + 3))
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+def test_ppo_with_a_critic_free_estimator(model_path, data_files, tmp_path, recorded_steps, estimator):
+    """`rlft ppo --advantage_estimator X --num_generations 2`: batch_size / 2 prompts, 2 samples each."""
+    import rlft.trainer.ppo_trainer as module
+
+    seen_queries = []
+    original = module.PPOTrainer.step
+
+    def step(self, queries, responses, scores, response_masks=None):
+        seen_queries.append([q.tolist() for q in queries])
+        return original(self, queries, responses, scores, response_masks)
+
+    module.PPOTrainer.step = step
+    try:
+        assert main(ppo_args(model_path, data_files, tmp_path / "run", "--steps", "2", "--reward", "length", "--no_plots",
+                             "--advantage_estimator", estimator, "--num_generations", "2")) == 0
+    finally:
+        module.PPOTrainer.step = original
+    assert len(seen_queries) == 2
+    for qs in seen_queries:
+        assert qs[0] == qs[1] and qs[2] == qs[3] and qs[0] != qs[2]  # consecutive groups of 2
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config.get("advantage_estimator", config.get("ppo", {}).get("advantage_estimator")) == estimator
