@@ -81,10 +81,12 @@ def main(argv=None):
     parser.add_argument("--learning_rate", type=float, default=1.41e-5)
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="a tiny random model, 2 steps of 4 episodes")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 steps of 4 episodes, on a tiny random model unless --model_name is given")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.model_name, args.steps, args.batch_size, args.mini_batch_size, args.max_new_tokens = tiny_model_dir(), 2, 4, 2, 8
+        args.steps, args.batch_size, args.mini_batch_size, args.max_new_tokens = 2, 4, 2, 8
+        args.model_name = args.model_name or tiny_model_dir()
     if args.model_name is None:
         parser.error("give --model_name, or --smoke for a tiny random model")
 

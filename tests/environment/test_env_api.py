@@ -50,7 +50,7 @@ def test_unknown_keyword_fails():
 
 
 @pytest.mark.filterwarnings("ignore:No dataset is provided")
-def test_calculator_example_runs_on_a_tiny_model(monkeypatch):
+def test_calculator_example_runs_on_a_tiny_model(model_path):
     """examples/tools_calculator.py: TRL 0.7.10's tool-example pattern with the import changed to rlft."""
     source = EXAMPLE.read_text()
     assert "from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, TextEnvironment" in source
@@ -64,5 +64,5 @@ def test_calculator_example_runs_on_a_tiny_model(monkeypatch):
         module.simple_calculator("2**8")
     rewards = module.exact_match_reward(["Result=10<submit>", "Result=11<submit>", "Result=10"], answers=[10, 10, 10])
     assert [float(r) for r in rewards] == [1.0, 0.0, 0.0]
-    histories = module.main(["--smoke"])
+    histories = module.main(["--smoke", "--model_name", model_path("gpt2")])
     assert len(histories) == 4 and all(h.completed for h in histories)
