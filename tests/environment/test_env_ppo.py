@@ -146,3 +146,22 @@ def test_ppo_learns_to_call_a_tool_and_repeat_its_output(tmp_path, seed):
         trainer.step(queries, responses, scores, masks)
         history.append(float(np.mean(scores)))
     assert np.mean(history[-5:]) > np.mean(history[:5]) + 0.4, history
+
+
+@pytest.mark.filterwarnings("ignore:No dataset is provided")
+def test_groups_feed_a_group_estimator(model_path, pad_tokenizer):
+    """num_generations=k gives the consecutive blocks of identical queries that GRPO's step expects."""
+    from transformers import AutoModelForCausalLM
+
+    set_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_path("gpt2"))
+    config = PPOConfig(advantage_estimator="grpo", num_generations=2, batch_size=4, mini_batch_size=2)
+    trainer = PPOTrainer(config, model, None, pad_tokenizer)
+    env = TextEnvironment(model, pad_tokenizer, tools=[calc], reward_fn=lambda segs: [float(len(s)) for s in segs],
+                          prompt="Q: ", max_turns=2, num_generations=2,
+                          generation_kwargs={"do_sample": True, "max_new_tokens": 4})
+    queries, responses, masks, rewards, _ = env.run(["1+1", "2+2"])
+    assert len(queries) == 4 and torch.equal(queries[0], queries[1]) and torch.equal(queries[2], queries[3])
+    assert not torch.equal(queries[1], queries[2])
+    stats = trainer.step(queries, responses, rewards, masks)
+    assert np.isfinite(stats["ppo/loss/total"])

@@ -343,3 +343,13 @@ def test_sampled_run_with_value_head_model(model_path, pad_tokenizer):
         assert q.dim() == r.dim() == m.dim() == 1 and len(r) == len(m) and 1 <= len(r)
         assert torch.equal(torch.cat([q, r]), h.tokens) and h.completed
         assert pad_tokenizer.decode(h.tokens) == h.text  # tokens and text agree
+
+
+def test_show_text_without_rich_names_the_package(monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "rich" or m.startswith("rich.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "rich", None)  # makes `import rich` fail
+    with pytest.raises(ImportError, match="pip install rich"):
+        TextHistory("a", torch.tensor([1])).show_text()
