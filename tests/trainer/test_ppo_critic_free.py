@@ -225,8 +225,8 @@ def _learn(trainer, steps, *, prompts=4, k=4, new_tokens=8, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("estimator", ESTIMATORS)
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("estimator,lora", [(e, False) for e in ESTIMATORS] + [("grpo", True), ("reinforce_pp", True)],
+                         ids=[f"full-{e}" for e in ESTIMATORS] + ["lora-grpo", "lora-reinforce_pp"])
 def test_each_estimator_learns_a_programmatic_reward(tmp_path, tokenizer, estimator, lora):
     """A plain causal LM (untied head, as in test_ppo_learning.py) learns to emit low token ids.
 
