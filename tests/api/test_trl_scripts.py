@@ -77,13 +77,16 @@ def run_script(name: str, *argv: str, legacy: bool, cwd: Path) -> dict:
 
 # ----------------------------------------------------------------------------- examples/scripts/ppo.py
 @pytest.mark.slow
-@pytest.mark.parametrize("use_peft", [False, True], ids=["full", "peft"])
-def test_sentiment_ppo_script(hub, tmp_path, use_peft):
+@pytest.mark.parametrize("variant", ["full", "peft", "seq2seq"])
+def test_sentiment_ppo_script(hub, model_path, tmp_path, variant):
     """Needs RLFT_LEGACY=1: the rewards are ``pipe(texts, return_all_scores=True)[i][1]["score"]``."""
-    argv = ["--ppo_config.model_name", hub["gpt2"], "--ppo_config.query_dataset", hub["imdb"],
+    use_peft = variant == "peft"
+    policy = model_path("t5") if variant == "seq2seq" else hub["gpt2"]
+    argv = ["--ppo_config.model_name", policy, "--ppo_config.query_dataset", hub["imdb"],
             "--ppo_config.reward_model", f"sentiment-analysis:{hub['sentiment']}",
             "--ppo_config.batch_size", "4", "--ppo_config.mini_batch_size", "2"]
-    s = run_script("ppo", *argv, *(["--use_peft"] if use_peft else []), legacy=True, cwd=tmp_path)
+    flags = {"full": [], "peft": ["--use_peft"], "seq2seq": ["--use_seq2seq"]}[variant]
+    s = run_script("ppo", *argv, *flags, legacy=True, cwd=tmp_path)
     assert s["steps"] == s["dataset_rows"] // s["batch_size"] == 2  # one step per dataloader batch
     assert {"objective/kl", "ppo/loss/total", "ppo/mean_scores", "ppo/policy/clipfrac"} <= set(s["stats_keys"])
     # the rewards are the POSITIVE logit (label 1, not the top-scoring label) of each query + response

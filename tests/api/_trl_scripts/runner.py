@@ -21,13 +21,16 @@ import torch
 MARK = "RLFT-SUMMARY "
 
 
-def _max_change(model, reference_path: str, parent: str = "AutoModelForCausalLM") -> float:
-    """Largest absolute change of any weight of ``model`` (a plain transformers model) against the saved one."""
-    import transformers
+def _max_change(model, reference_path: str) -> float:
+    """Largest absolute change of any weight of ``model`` (a plain transformers model) against its saved
+    checkpoint, over the weights the checkpoint holds (a head added on top starts random: not compared)."""
+    from safetensors.torch import load_file
 
-    before = getattr(transformers, parent).from_pretrained(reference_path).state_dict()
+    before = load_file(str(Path(reference_path) / "model.safetensors"))
     after = model.state_dict()
-    return max((after[k].float() - v.float()).abs().max().item() for k, v in before.items() if k in after)
+    common = [k for k in before if k in after]
+    assert len(common) >= len(before) // 2, f"checkpoint keys do not match the model: {sorted(before)[:3]}"
+    return max((after[k].float() - before[k].float()).abs().max().item() for k in common)
 
 
 def _classifier_logits(folder: str, texts: list[str]) -> list[list[float]]:
@@ -106,7 +109,7 @@ def reward_modeling(g: dict) -> dict:
         "global_step": trainer.state.global_step,
         "eval_strategy": str(getattr(trainer.args.eval_strategy, "value", trainer.args.eval_strategy)),
         "evaluations": len([e for e in trainer.state.log_history if "eval_loss" in e]),
-        "max_weight_change": _max_change(model, args.model_name, "AutoModelForSequenceClassification"),
+        "max_weight_change": _max_change(model, args.model_name),
         "num_labels": trainer.model.config.num_labels,
     }
 
