@@ -564,7 +564,7 @@ def generate_segments(model, tokenizer, queries: list[Tensor], stop_strings: Opt
         if was_training:
             model.train()
     new = output[:, width:]  # (B, new tokens)
-    eos_ids = _eos_ids(model, tokenizer, generation_kwargs)
+    eos_ids = eos_token_ids(model, tokenizer, generation_kwargs)
     out = []
     for row in range(new.shape[0]):
         length = new.shape[1]
@@ -594,7 +594,7 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
-def _eos_ids(model, tokenizer, generation_kwargs: dict) -> set[int]:
+def eos_token_ids(model, tokenizer, generation_kwargs: dict) -> set[int]:
     """The token ids that end generation: the call's ``eos_token_id``, else the model's, else the tokenizer's."""
     eos = generation_kwargs.get("eos_token_id")  # None: transformers falls back to the model's, so do we
     if eos is None:

@@ -21,7 +21,14 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .base_environment import DEFAULT_MAX_TOOL_RESPONSE, TRUNCATION_SUFFIX, TextHistory, generate_segments, repeat_per_episode
+from .base_environment import (
+    DEFAULT_MAX_TOOL_RESPONSE,
+    TRUNCATION_SUFFIX,
+    TextHistory,
+    eos_token_ids,
+    generate_segments,
+    repeat_per_episode,
+)
 
 _TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
@@ -205,8 +212,18 @@ class ChatToolEnvironment:
                     history.complete(truncated=True)
                     continue
                 history.append_segment(text, tokens, system=False)
-                content = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                history.messages.append({"role": "assistant", "content": content})
+                history.messages.append({"role": "assistant", "content": self._content(tokens)})
+
+    def _content(self, tokens: Tensor) -> str:
+        """The message text of an assistant turn: its tokens less the end-of-turn (EOS) tokens that close it.
+
+        Other special tokens stay: some templates write tool calls with them.
+        """
+        end = len(tokens)
+        eos_ids = eos_token_ids(self.model, self.tokenizer, self.generation_kwargs)
+        while end > 0 and int(tokens[end - 1]) in eos_ids:
+            end -= 1
+        return self.tokenizer.decode(tokens[:end])
 
     def _after_assistant_turn(self, history: ChatHistory) -> None:
         """End the episode, or run its tool calls and append their results (as system tokens)."""
