@@ -91,6 +91,8 @@ def test_sentiment_ppo_script(hub, model_path, tmp_path, variant):
     assert {"objective/kl", "ppo/loss/total", "ppo/mean_scores", "ppo/policy/clipfrac"} <= set(s["stats_keys"])
     # the rewards are the POSITIVE logit (label 1, not the top-scoring label) of each query + response
     assert s["rewards"] == pytest.approx(s["positive_logits"], abs=1e-5)
+    # labels sorted by score (today's top_k=None) would put NEGATIVE at index 1 for these texts
+    assert any(p > n for p, n in zip(s["positive_logits"], s["negative_logits"]))
     assert s["ref_rewards"] == pytest.approx(s["ref_positive_logits"], abs=1e-5)
     assert s["max_weight_change"] > 0  # the policy trained (merged LoRA weights for peft)
     assert s["reference_is_none"] is use_peft and s["is_peft"] is use_peft  # peft: the adapter-off model is the reference

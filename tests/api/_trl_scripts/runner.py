@@ -62,6 +62,7 @@ def ppo(g: dict) -> dict:
         "stats_keys": sorted(g["stats"]),
         "rewards": rewards,
         "positive_logits": [row[1] for row in logits],
+        "negative_logits": [row[0] for row in logits],
         "ref_rewards": [float(r) for r in g["batch"]["ref_rewards"]],
         "ref_positive_logits": [row[1] for row in _classifier_logits(args.ppo_config.reward_model.split(":")[1], g["ref_texts"])],
         "max_weight_change": _max_change(policy, args.ppo_config.model_name),
