@@ -25,10 +25,8 @@ DDPO_NAMES = {
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 
 TRL_0_7_10 = {
-    # Left out of ``trl``: TextEnvironment and TextHistory (trl.environment, the tool-use text
-    # environments), a system the seed documents do not describe.
     "rlft": [
-        "set_seed", "BestOfNSampler",
+        "set_seed", "BestOfNSampler", "TextEnvironment", "TextHistory",
         "is_bitsandbytes_available", "is_diffusers_available", "is_npu_available", "is_peft_available",
         "is_wandb_available", "is_xpu_available",
         "AutoModelForCausalLMWithValueHead", "AutoModelForSeq2SeqLMWithValueHead", "PreTrainedModelWrapper",
@@ -54,6 +52,7 @@ TRL_0_7_10 = {
         "DefaultDDPOStableDiffusionPipeline",
     ],
     "rlft.models.utils": ["ChatMlSpecialTokens", "FORMAT_MAPPING", "setup_chat_format"],
+    "rlft.environment": ["TextEnvironment", "TextHistory"],
     "rlft.trainer": [
         "AdaptiveKLController", "FixedKLController", "ConstantLengthDataset", "DataCollatorForCompletionOnlyLM",
         "RunningMoments", "disable_dropout_in_model", "peft_module_casting_to_bf16", "BaseTrainer", "DDPOConfig",
