@@ -118,7 +118,9 @@ def prepare_reference(ref_model: torch.nn.Module, accelerator, shard: bool = Tru
 
         return fsdp2_prepare_model(accelerator, ref_model).eval()
     if shard and is_zero3(accelerator):
-        return _deepspeed_inference(ref_model, accelerator).eval()
+        engine = _deepspeed_inference(ref_model, accelerator)
+        engine.eval()  # DeepSpeedEngine.eval returns None, not the engine
+        return engine
     return ref_model.to(accelerator.device).eval()
 
 
@@ -128,13 +130,17 @@ def _deepspeed_inference(model: torch.nn.Module, accelerator):
 
     import deepspeed
 
-    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
-    config.pop("optimizer", None)
-    config.pop("scheduler", None)
+    def without_auto(d: dict) -> dict:  # "auto" values are filled in by accelerate's prepare, which the reference skips
+        return {k: without_auto(v) if isinstance(v, dict) else v for k, v in d.items() if v != "auto"}
+
+    config = without_auto(copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config))
+    for key in ("optimizer", "scheduler", "train_batch_size"):
+        config.pop(key, None)
+    config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1)  # no training: any valid sizes
     stage = config.get("zero_optimization", {})
     config["zero_optimization"] = {"stage": 3, "offload_param": stage.get("offload_param", {"device": "none"})}
     engine, *_ = deepspeed.initialize(model=model, config=config)
-    return engine.module
+    return engine  # called as a whole: the engine's forward keeps ZeRO-3's parameter fetching in order
 
 
 @contextlib.contextmanager
@@ -153,3 +159,60 @@ def module_state_dict(model: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         del model.state_dict
+
+
+def fill_deepspeed_config(accelerator, micro_batch_size: int, gradient_accumulation_steps: int, max_grad_norm) -> None:
+    """Under DeepSpeed, fill the config's "auto" (or missing) entries from the trainer's settings.
+
+    The micro-batch size and accumulation count: accelerate fills them from a prepared dataloader;
+    PPOTrainer often has none (the user passes the batches to ``step``), and its micro-batch is
+    ``mini_batch_size`` in any case. ``gradient_clipping``: accelerate's "auto" means 1.0, which would
+    clip every update although ``max_grad_norm`` is None (no clipping, the default); measured on the
+    2-process test, that moved parameters by 3e-3 after 3 steps.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    if config.get("gradient_clipping", "auto") == "auto":
+        config["gradient_clipping"] = float(max_grad_norm) if max_grad_norm is not None else 0.0  # 0: DeepSpeed does not clip
+    if config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    if config.get("gradient_accumulation_steps", "auto") == "auto":
+        config["gradient_accumulation_steps"] = gradient_accumulation_steps
+    if config.get("train_batch_size") == "auto":
+        config["train_batch_size"] = micro_batch_size * gradient_accumulation_steps * accelerator.num_processes
+
+
+def _zero3_partitioned(model: torch.nn.Module) -> bool:
+    """True when ``model``'s parameters were partitioned at load time (transformers' ``zero.Init`` under ZeRO-3)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def create_reference(model: torch.nn.Module, accelerator, num_shared_layers=None) -> torch.nn.Module:
+    """The frozen reference copy of ``model`` (`rlft.models.create_reference_model`), ZeRO-3 aware.
+
+    Under ZeRO-3 with ``zero3_init_flag`` transformers loads the policy already partitioned, so a
+    deep copy would copy each process's empty partition. The reference is then loaded again from
+    the policy's checkpoint (``name_or_path``), partitioned the same way; this is only right when
+    the policy has not been trained yet, which holds when the trainer is built.
+    """
+    from ..models import create_reference_model
+
+    if not _zero3_partitioned(model):
+        return create_reference_model(model, num_shared_layers=num_shared_layers)
+    if num_shared_layers is not None:
+        raise ValueError(
+            "num_shared_layers cannot be used under DeepSpeed ZeRO-3: the policy's parameters are partitioned "
+            "inside its DeepSpeed engine and cannot be shared with the reference. Pass num_shared_layers=None."
+        )
+    lm = getattr(model, "pretrained_model", model)
+    source = getattr(lm, "name_or_path", "") or getattr(getattr(lm, "config", None), "_name_or_path", "")
+    if not source:
+        raise ValueError(
+            "Under DeepSpeed ZeRO-3 the policy's parameters are partitioned, so no reference copy can be made from it, "
+            "and the policy does not say where it was loaded from. Pass ref_model=, loaded with from_pretrained from "
+            "the same checkpoint as the policy."
+        )
+    return type(model).from_pretrained(source)

@@ -143,7 +143,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
         elif self.is_peft_model:
             self.ref_model = None  # the policy with its adapter disabled
         else:
-            self.ref_model = create_reference_model(model, num_shared_layers=num_shared_layers)
+            self.ref_model = _sharding.create_reference(model, self.accelerator, num_shared_layers)  # ZeRO-3 aware
         for m in (self.model, self.ref_model):
             if m is not None:
                 disable_dropout_in_model(m)
@@ -169,6 +169,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
         self.lr_scheduler = lr_scheduler
         if self.lr_scheduler is not None and not isinstance(self.lr_scheduler, torch.optim.lr_scheduler.LRScheduler):
             raise ValueError("lr_scheduler must be a torch.optim.lr_scheduler.LRScheduler.")
+        _sharding.fill_deepspeed_config(self.accelerator, config.mini_batch_size, config.gradient_accumulation_steps, config.max_grad_norm)
         prepared = self.accelerator.prepare(self.model, self.optimizer, self.dataloader, self.lr_scheduler)
         self.model, self.optimizer, self.dataloader, self.lr_scheduler = prepared
         if self.dataloader is not None:  # counts handed-out batches, so load_checkpoint can resume mid-epoch

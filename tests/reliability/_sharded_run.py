@@ -11,7 +11,8 @@ DCP checkpoints) as on GPUs, only over gloo.
 
 MODE "ppo": 3 PPOTrainer steps on a global batch of 8 (a NaN score on one process at step 2), then
 generation with a different number of new tokens on each process (all-gathers counted), then
-save_checkpoint. Options: "peft" (LoRA policy), "resume=CKPT" (load CKPT first, run 1 step).
+save_checkpoint. Options: "peft" (LoRA policy), "resume=CKPT" (load CKPT first, run 1 step), "zero2" /
+"zero3" (DeepSpeed ZeRO on CPU processes instead of FSDP2; no checkpoint).
 MODE "sft": 3 SFTTrainer optimizer steps with a global batch of 4.
 MODE "hang": one PPO step, then process 1 dies (option "stuck": sleeps instead); process 0 must fail
 within the gloo timeout instead of waiting forever.
@@ -58,6 +59,28 @@ def use_fsdp2_on_cpu(plugin, timeout_s: float | None = None) -> None:
     Accelerator(cpu=True, kwargs_handlers=handlers)
     PartialState().distributed_type = DistributedType.FSDP  # PartialState's attributes are shared by every instance
     AcceleratorState().fsdp_plugin = plugin
+
+
+def use_deepspeed_on_cpu(stage: int) -> None:
+    """Make accelerate's shared state DeepSpeed ZeRO-``stage`` on CPU processes (DS_ACCELERATOR=cpu, gloo).
+
+    accelerate 1.16 takes DeepSpeed only with an accelerator device (``ACCELERATE_USE_DEEPSPEED`` is
+    ignored with ``cpu=True``; without it, on a machine with no GPU, it counts 1 process while
+    DeepSpeed counts all of them). Here the process group comes from the CPU path and DeepSpeed's
+    communication wraps it.
+    """
+    import deepspeed
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    Accelerator(cpu=True)
+    deepspeed.init_distributed(dist_backend="gloo")
+    PartialState().distributed_type = DistributedType.DEEPSPEED
+    plugin = DeepSpeedPlugin(zero_stage=stage, gradient_accumulation_steps=1, zero3_init_flag=stage == 3)
+    plugin.set_mixed_precision("no")
+    plugin.select(_from_accelerator_state=True)  # also makes transformers load under zero.Init at stage 3
+    AcceleratorState().deepspeed_plugins = plugin
 
 
 def full_params(model) -> dict:
@@ -149,11 +172,14 @@ def run_ppo(model_dir: str, out: Path, *options: str) -> None:
         info["generated_lengths"] = [len(x) for x in responses[0]]
         info["all_gathers_in_generate"] = counter["n"]
         info["fsdp_groups"] = len(_sharding.fsdp2_modules(policy)) + len(_sharding.fsdp2_modules(trainer.ref_model or torch.nn.Module()))
-        info["checkpoint"] = str(trainer.save_checkpoint(out / "run"))
+        if not any(o.startswith("zero") for o in opts):  # DeepSpeed checkpoints: not covered here
+            info["checkpoint"] = str(trainer.save_checkpoint(out / "run"))
+    if "zero3" in opts:
+        info["reference_partitioned"] = any(hasattr(p, "ds_id") for p in trainer.ref_model.parameters())
     lm = getattr(policy, "pretrained_model", policy)
     info["tied_head"] = lm.get_output_embeddings().weight is lm.get_input_embeddings().weight
     info.update(_local_bytes(policy, trainer.optimizer))
-    params = full_params(policy)
+    params = full_params(policy) if "zero3" not in opts else _zero3_full_params(policy)
     info["rss_mb"] = _peak_rss_mb()
     _write(out, rank, params, info)
 
@@ -225,6 +251,13 @@ def run_hang(model_dir: str, out: Path, *options: str) -> None:
             os._exit(1)
 
 
+def _zero3_full_params(model) -> dict:
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        return {n: p.detach().clone().contiguous() for n, p in model.named_parameters()}
+
+
 def _local_bytes(model, optimizer) -> dict:
     """Bytes this process holds of the model's parameters and of the optimizer state (its shards under FSDP)."""
     def nbytes(t):
@@ -261,9 +294,19 @@ def main() -> None:
     mode, model_dir, out, options = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
+    zero = [o for o in options if o.startswith("zero")]
+    if zero:  # "zero2" / "zero3": DeepSpeed instead of FSDP2
+        use_deepspeed_on_cpu(int(zero[0][-1]))
+        run_ppo(model_dir, out, *options)
+        _finish()
+        return
     # SFT also names FSDP in its TrainingArguments (so transformers takes its FSDP paths); the plugin is the same
     use_fsdp2_on_cpu(fsdp2_plugin(), timeout_s=FAULT_TIMEOUT_S if mode == "hang" else None)
     {"ppo": run_ppo, "sft": run_sft, "hang": run_hang}[mode](model_dir, out, *options)
+    _finish()
+
+
+def _finish() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
 
 
-def launch(mode, model_dir, out, *options, nproc=2, expect_rc=0, timeout=300):
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+def launch(mode, model_dir, out, *options, nproc=2, expect_rc=0, timeout=300, env=None):
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **(env or {}))
     with socket.socket() as sock:  # a free port: a fixed one may still be held by the previous launch
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
@@ -131,3 +131,21 @@ def test_dead_process_fails_the_others_within_the_timeout(model_path, tmp_path, 
         assert survivor["seconds"] < 30 and "Connection" in survivor["error"]
     else:  # the peer is alive but silent: the process group's timeout
         assert _sharded_run.FAULT_TIMEOUT_S - 1 < survivor["seconds"] < _sharded_run.FAULT_TIMEOUT_S + 60
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_ppo_deepspeed_zero_two_processes_match_one(model_path, tmp_path, stage):
+    pytest.importorskip("deepspeed", reason="DeepSpeed is optional: DS_BUILD_OPS=0 pip install deepspeed")
+    model_dir = model_path("gpt2")
+    launch("ppo", model_dir, tmp_path / "two", f"zero{stage}", env={"DS_ACCELERATOR": "cpu"})
+    single("ppo", model_dir, tmp_path / "one")
+    two = json.loads((tmp_path / "two" / "stats.json").read_text())
+    assert two["sharding"] == f"DeepSpeed ZeRO-{stage} over 2 processes"
+    diff = max_diff(tmp_path / "two", tmp_path / "one")
+    print(f"PPO ZeRO-{stage} 2 processes: max |param difference| vs 1 process = {diff:.2e}; per process {two['per_process']}")
+    assert diff < ATOL
+    first, second = two["per_process"]  # 3 and 9 new tokens: no process waited for the other
+    assert first["generated_lengths"] == [3, 3] and second["generated_lengths"] == [9, 9]
+    if stage == 3:  # the policy was loaded partitioned (zero.Init); the reference was loaded again, partitioned too
+        assert two["params_kb"] == 0 and two["reference_partitioned"]
