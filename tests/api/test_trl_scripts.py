@@ -61,18 +61,23 @@ def hub(tmp_path_factory, model_path, tokenizer_path):
 
 def run_script(name: str, *argv: str, legacy: bool, cwd: Path) -> dict:
     """Run ``_trl_scripts/<name>.py`` with ``argv`` in a fresh interpreter; return the runner's summary."""
+    out = run_process(name, *argv, legacy=legacy, cwd=cwd)
+    lines = [line for line in out.stdout.splitlines() if line.startswith(MARK)]
+    if out.returncode != 0 or not lines:
+        pytest.fail(f"{name}.py exited with {out.returncode}:\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1][len(MARK):])
+
+
+def run_process(name: str, *argv: str, legacy: bool, cwd: Path) -> subprocess.CompletedProcess:
+    """The finished process of ``runner.py _trl_scripts/<name>.py argv`` (offline, one thread, RLFT_LEGACY as asked)."""
     env = {k: v for k, v in os.environ.items() if k != "RLFT_LEGACY"}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")]))
     if legacy:
         env["RLFT_LEGACY"] = "1"
-    out = subprocess.run([sys.executable, str(RUNNER), str(SCRIPTS / f"{name}.py"), *argv], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=300)
-    lines = [line for line in out.stdout.splitlines() if line.startswith(MARK)]
-    if out.returncode != 0 or not lines:
-        pytest.fail(f"{name}.py exited with {out.returncode}:\n{out.stderr[-4000:]}")
-    return json.loads(lines[-1][len(MARK):])
+    return subprocess.run([sys.executable, str(RUNNER), str(SCRIPTS / f"{name}.py"), *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 # ----------------------------------------------------------------------------- examples/scripts/ppo.py
@@ -214,6 +219,25 @@ def test_multi_adapter_ppo_script(hub, tmp_path):
     assert s["active_adapter_after"] == "default"  # the policy adapter is active again after scoring
     assert s["rm_lora_tensors"] == s["rm_lora_saved_tensors"] > 0 and s["rm_lora_changed"] == 0.0  # frozen
     assert s["policy_lora_b_norm"] > 0  # the policy adapter trained
+
+
+# ----------------------------------------------------------------------------- why legacy mode
+@pytest.mark.slow
+@pytest.mark.parametrize("name, argv, error", [
+    ("sft", ["--model_name", "{gpt2}", "--dataset_name", "{guanaco}", "--max_steps", "1"], "'use_auth_token'"),
+    ("dpo", ["--model_name_or_path", "{gpt2}", "--dataset_name", "{hh}", "--max_steps", "1", "--bf16", "False"],
+     "'evaluation_strategy'"),
+    ("stack_llama_rl", ["--model_name", "{gpt2}", "--tokenizer_name", "{gpt2}", "--reward_model_name", "{reward_model}",
+                        "--dataset_name", "{stack}", "--batch_size", "2", "--mini_batch_size", "1", "--steps", "2",
+                        "--gradient_accumulation_steps", "2", "--load_in_8bit", "False"], "'load_in_8bit'"),
+])
+def test_scripts_marked_legacy_stop_without_it(hub, tmp_path, name, argv, error):
+    """The tests above that say "needs RLFT_LEGACY=1" are right: without it the script stops at the
+    transformers 4 spelling (transformers refuses it), not in rlft. (ppo.py's ``return_all_scores`` is
+    the KeyError case of tests/test_legacy.py.)"""
+    out = run_process(name, *[a.format(**hub) for a in argv], legacy=False, cwd=tmp_path)
+    assert out.returncode != 0
+    assert "TypeError" in out.stderr and error in out.stderr.strip().splitlines()[-1]
 
 
 # ----------------------------------------------------------------------------- the seed docs' snippets
