@@ -445,3 +445,19 @@ def test_reward_docs_call(model_path, tokenizer, tmp_path):
     trainer.train()
     assert trainer.state.global_step == 4
     assert accuracy_margin() > before  # trained to rank chosen above rejected
+
+
+def test_reward_config_on_an_hf_argument_parser(tmp_path):
+    """The reward page: RewardConfig turns into command-line options through ``HfArgumentParser``,
+    its own fields (max_length, gradient_checkpointing with TRL's default True) included."""
+    from transformers import HfArgumentParser
+
+    from rlft import RewardConfig
+
+    (cfg,) = HfArgumentParser(RewardConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--max_length", "64", "--eval_strategy", "steps", "--eval_steps", "3"])
+    assert cfg.max_length == 64 and cfg.eval_strategy == "steps" and cfg.eval_steps == 3
+    assert cfg.gradient_checkpointing is True  # TRL 0.7's default for reward models
+    (cfg,) = HfArgumentParser(RewardConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--gradient_checkpointing", "False"])
+    assert cfg.max_length is None and cfg.gradient_checkpointing is False and not cfg.activation_checkpointing
