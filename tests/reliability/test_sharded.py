@@ -149,3 +149,19 @@ def test_ppo_deepspeed_zero_two_processes_match_one(model_path, tmp_path, stage)
     assert first["generated_lengths"] == [3, 3] and second["generated_lengths"] == [9, 9]
     if stage == 3:  # the policy was loaded partitioned (zero.Init); the reference was loaded again, partitioned too
         assert two["params_kb"] == 0 and two["reference_partitioned"]
+
+
+def test_example_accelerate_configs_load():
+    """examples/configs/accelerate: the FSDP2 and ZeRO-3 files parse as accelerate configs, and the ZeRO-3 one
+    points at its DeepSpeed JSON file, whose settings rlft's DeepSpeed path reads ("auto" values, stage 3)."""
+    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.utils import DistributedType
+
+    folder = ROOT / "examples" / "configs" / "accelerate"
+    fsdp = ClusterConfig.from_yaml_file(str(folder / "fsdp2.yaml"))
+    assert fsdp.distributed_type == DistributedType.FSDP and fsdp.fsdp_config["fsdp_version"] == 2
+    assert fsdp.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"  # what the resharding test relies on
+    zero = ClusterConfig.from_yaml_file(str(folder / "zero3.yaml"))
+    assert zero.distributed_type == DistributedType.DEEPSPEED and zero.deepspeed_config["zero3_init_flag"]
+    ds = json.loads((ROOT / zero.deepspeed_config["deepspeed_config_file"]).read_text())
+    assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_clipping"] == "auto"
