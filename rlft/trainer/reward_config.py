@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .._compat import translate_training_arguments
+from .._compat import translate_training_arguments, warn_once
 
 
 @dataclass
@@ -35,6 +35,21 @@ class RewardConfig(TrainingArguments):
         if self.activation_checkpointing is None and self.gradient_checkpointing is not None:
             self.activation_checkpointing = self.gradient_checkpointing
         super().__post_init__()
+
+    # TRL 0.7's reward_modeling.py turns evaluation on after parsing: ``config.evaluation_strategy = "steps"``.
+    # transformers 5 calls the field eval_strategy; without this alias the assignment would be silently lost.
+    @property
+    def evaluation_strategy(self):
+        """The transformers-4 name of ``eval_strategy`` (reading and assigning it map to ``eval_strategy``)."""
+        return self.eval_strategy
+
+    @evaluation_strategy.setter
+    def evaluation_strategy(self, value) -> None:
+        from transformers.trainer_utils import IntervalStrategy
+
+        warn_once("RewardConfig.evaluation_strategy=", "RewardConfig: 'evaluation_strategy' is the transformers 4 name; "
+                  "it sets 'eval_strategy' (mapped for you).")
+        self.eval_strategy = IntervalStrategy(value)
 
 
 _dataclass_init = RewardConfig.__init__

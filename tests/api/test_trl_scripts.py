@@ -155,14 +155,8 @@ def test_reward_modeling_script_trains(reward_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "drop-in gap, reported: TRL 0.7.10's reward_modeling.py switches evaluation on after parsing with "
-    "`args.reward_config.evaluation_strategy = 'steps'`; on transformers 5 that attribute is no field any more, "
-    "so the assignment is silently ignored (trainer.args.eval_strategy stays 'no', no evaluation runs), with "
-    "or without RLFT_LEGACY=1. Fix in rlft/trainer/reward_config.py (RewardConfig, which already maps the "
-    "constructor keyword): a property `evaluation_strategy` whose setter warns once and sets `eval_strategy` "
-    "(as IntervalStrategy), and the same property on TrainingArguments in rlft/legacy.py for plain scripts."))
 def test_reward_modeling_script_evaluates_when_asked(reward_run):
+    """The script assigns ``reward_config.evaluation_strategy = "steps"`` after parsing (RewardConfig maps it)."""
     assert reward_run["eval_strategy"] == "steps"
     assert reward_run["evaluations"] == 2  # eval_steps=1, max_steps=2
 
