@@ -13,7 +13,8 @@ MODE "ppo": 3 PPOTrainer steps on a global batch of 8 (a NaN score on one proces
 generation with a different number of new tokens on each process (all-gathers counted), then
 save_checkpoint. Options: "peft" (LoRA policy), "resume=CKPT" (load CKPT first, run 1 step), "zero2" /
 "zero3" (DeepSpeed ZeRO on CPU processes instead of FSDP2; no checkpoint).
-MODE "sft": 3 SFTTrainer optimizer steps with a global batch of 4.
+MODE "sft" / "reward" / "dpo": 3 optimizer steps of SFTTrainer / RewardTrainer / DPOTrainer with a global
+batch of 4 (FSDP2 through TrainingArguments' fsdp / fsdp_config).
 MODE "hang": one PPO step, then process 1 dies (option "stuck": sleeps instead); process 0 must fail
 within the gloo timeout instead of waiting forever.
 """
@@ -184,42 +185,112 @@ def run_ppo(model_dir: str, out: Path, *options: str) -> None:
     _write(out, rank, params, info)
 
 
-def run_sft(model_dir: str, out: Path, *options: str) -> None:
-    from accelerate import PartialState
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+TEXTS = ["the value is returned to the caller.", "return a new list of the items.", "the file is closed.",
+         "a new object from the list.", "the default is to use the file.", "if the path is not a string."] * 2
 
-    from rlft import SFTTrainer
-    from rlft.trainer.utils import disable_dropout_in_model
 
-    state = PartialState(cpu=True)
-    world, rank = state.num_processes, state.process_index
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.pad_token = tok.eos_token
-    texts = ["the value is returned to the caller.", "return a new list of the items.", "the file is closed.",
-             "a new object from the list.", "the default is to use the file.", "if the path is not a string."] * 2
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    disable_dropout_in_model(model)
+def _trainer_args(out: Path, world: int, args_class=None, **extra):
+    """TrainingArguments for 3 optimizer steps of global batch 4, with FSDP2 when there are several processes."""
+    from transformers import TrainingArguments
+
     fsdp = {"fsdp": "full_shard", "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": WRAP}} if world > 1 else {}
-    args = TrainingArguments(output_dir=str(out / "sft"), report_to=[], use_cpu=True, max_steps=STEPS, save_strategy="no",
-                             per_device_train_batch_size=4 // world, learning_rate=5e-3, logging_steps=1,
-                             disable_tqdm=True, seed=0, data_seed=0, **fsdp)
+    args = (args_class or TrainingArguments)(
+        output_dir=str(out / "trainer"), report_to=[], use_cpu=True, max_steps=STEPS, save_strategy="no",
+        per_device_train_batch_size=4 // world, learning_rate=5e-3, logging_steps=1, disable_tqdm=True, seed=0,
+        data_seed=0, **fsdp, **extra,
+    )
     if world > 1:  # TrainingArguments resets accelerate's state when it picks its device: apply the shim again
         args.device  # noqa: B018
         use_fsdp2_on_cpu(fsdp2_plugin())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
-                             processing_class=tok, dataset_text_field="text", max_seq_length=16)
-        result = trainer.train()
+    return args
+
+
+def _train_and_write(trainer, out: Path, world: int, rank: int) -> None:
     from rlft.trainer import _sharding
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = trainer.train()
     info = {"world": world, "loss": result.training_loss, "sharding": _sharding.sharding_summary(trainer.accelerator),
             "sharded_params": sum(type(p).__name__ == "DTensor" for p in trainer.model.parameters())}
     info.update(_local_bytes(trainer.model, trainer.optimizer))
     params = full_params(trainer.model)
     info["rss_mb"] = _peak_rss_mb()
     _write(out, rank, params, info)
+
+
+def _tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def run_sft(model_dir: str, out: Path, *options: str) -> None:
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from rlft import SFTTrainer
+    from rlft.trainer.utils import disable_dropout_in_model
+
+    state = PartialState(cpu=True)
+    tok = _tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    disable_dropout_in_model(model)  # dropout masks would differ between one and two processes
+    args = _trainer_args(out, state.num_processes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": TEXTS}),
+                             processing_class=tok, dataset_text_field="text", max_seq_length=16)
+    _train_and_write(trainer, out, state.num_processes, state.process_index)
+
+
+def run_reward(model_dir: str, out: Path, *options: str) -> None:
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+
+    from rlft import RewardConfig, RewardTrainer
+    from rlft.trainer.utils import disable_dropout_in_model
+
+    state = PartialState(cpu=True)
+    tok = _tokenizer(model_dir)
+    c, r = tok(TEXTS), tok([t[::-1] for t in TEXTS])
+    ds = Dataset.from_dict({"input_ids_chosen": c["input_ids"], "attention_mask_chosen": c["attention_mask"],
+                            "input_ids_rejected": r["input_ids"], "attention_mask_rejected": r["attention_mask"]})
+    torch.manual_seed(0)  # the score head
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    disable_dropout_in_model(model)
+    args = _trainer_args(out, state.num_processes, RewardConfig, gradient_checkpointing=False, max_length=64,
+                         remove_unused_columns=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    _train_and_write(trainer, out, state.num_processes, state.process_index)
+
+
+def run_dpo(model_dir: str, out: Path, *options: str) -> None:
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from rlft import DPOTrainer
+    from rlft.trainer.utils import disable_dropout_in_model
+
+    state = PartialState(cpu=True)
+    tok = _tokenizer(model_dir)
+    ds = Dataset.from_dict({"prompt": [t[:12] for t in TEXTS], "chosen": [t[12:] for t in TEXTS],
+                            "rejected": [t[12:][::-1] for t in TEXTS]})
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    disable_dropout_in_model(model)
+    args = _trainer_args(out, state.num_processes, remove_unused_columns=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = DPOTrainer(model=model, args=args, processing_class=tok, train_dataset=ds, max_length=32, max_prompt_length=16)
+    _train_and_write(trainer, out, state.num_processes, state.process_index)
 
 
 def run_hang(model_dir: str, out: Path, *options: str) -> None:
@@ -302,7 +373,7 @@ def main() -> None:
         return
     # SFT also names FSDP in its TrainingArguments (so transformers takes its FSDP paths); the plugin is the same
     use_fsdp2_on_cpu(fsdp2_plugin(), timeout_s=FAULT_TIMEOUT_S if mode == "hang" else None)
-    {"ppo": run_ppo, "sft": run_sft, "hang": run_hang}[mode](model_dir, out, *options)
+    {"ppo": run_ppo, "sft": run_sft, "reward": run_reward, "dpo": run_dpo, "hang": run_hang}[mode](model_dir, out, *options)
     _finish()
 
 

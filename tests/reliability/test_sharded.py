@@ -107,16 +107,29 @@ def test_ppo_fsdp2_peft_two_processes_match_one(model_path, tmp_path):
     assert lora  # the adapter is in the compared parameters
 
 
+REWARD_PROBE_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="RewardTrainer's packing probe runs the backbone inside the model directly, so under FSDP2 an inner "
+           "block is lazily initialised as a root and the model's own forward then fails ('FSDP state has already "
+           "been lazily initialized for transformer.wte'). Fix: RewardTrainer._can_pack returns False when "
+           "rlft.trainer._sharding.fsdp2_modules(model) is not empty.",
+)
+
+
 @pytest.mark.slow
-def test_sft_fsdp2_two_processes_match_one(model_path, tmp_path):
+@pytest.mark.parametrize("mode", ["sft", pytest.param("reward", marks=REWARD_PROBE_XFAIL), "dpo"])
+def test_trainer_fsdp2_two_processes_match_one(model_path, tmp_path, mode):
+    """SFT / reward / DPO through TrainingArguments(fsdp="full_shard", fsdp_config={"version": 2}). DPO's
+    reference copy is not sharded (accelerate's prepare_model(evaluation_mode=True) only places it)."""
     model_dir = model_path("gpt2")
-    launch("sft", model_dir, tmp_path / "two")
-    single("sft", model_dir, tmp_path / "one")
+    launch(mode, model_dir, tmp_path / "two")
+    one = single(mode, model_dir, tmp_path / "one")
     two = json.loads((tmp_path / "two" / "stats.json").read_text())
-    assert two["sharding"] == "FSDP2 over 2 processes" and two["sharded_params"] > 0
+    assert two["sharding"] == "FSDP2 over 2 processes" and two["sharded_params"] > 0 and one["sharded_params"] == 0
     diff = max_diff(tmp_path / "two", tmp_path / "one")
-    print(f"SFT FSDP2 2 processes: max |param difference| vs 1 process = {diff:.2e}; per process {two['per_process']}")
+    print(f"{mode} FSDP2 2 processes: max |param difference| vs 1 process = {diff:.2e}; per process {two['per_process']}")
     assert diff < ATOL
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
 
 
 @pytest.mark.slow
