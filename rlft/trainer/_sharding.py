@@ -4,7 +4,7 @@ accelerate shards the policy in ``Accelerator.prepare`` (FSDP2: ``fully_shard`` 
 wrap policy and on the root; ZeRO-3: the DeepSpeed engine). Two things PPO needs on top of that
 live here, once for every trainer:
 
-- `gathered_for_generation`: ``generate`` runs one forward per new token. Under FSDP2 every
+- `gathered_parameters`: ``generate`` runs one forward per new token. Under FSDP2 every
   forward all-gathers each block and frees it again (``reshard_after_forward``), so a response of
   N tokens costs N all-gathers of the whole model. Inside this context the parameters are gathered
   once, kept through every token, and resharded on exit. Under ZeRO-3 the same holds with
@@ -78,7 +78,7 @@ def _fsdp2_gathered(modules: list) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def gathered_for_generation(model: torch.nn.Module, accelerator) -> Iterator[None]:
+def gathered_parameters(model: torch.nn.Module, accelerator) -> Iterator[None]:
     """Gather the full parameters of a sharded ``model`` once for the block (generation), then reshard.
 
     FSDP2: each ``fully_shard``-ed module is unsharded once and kept unsharded through every

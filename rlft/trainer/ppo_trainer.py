@@ -267,11 +267,11 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
             common = dict(batch_size=batch_size * k, pad_id=self._pad_id, eos_ids=ends, limits=self._limits,
                           device=self.current_device, length_sampler=length_sampler, return_prompt=return_prompt)
             # sharded (FSDP2 / ZeRO-3): parameters gathered once per call, not once per token (_sharding.py)
-            with _sharding.gathered_for_generation(policy, self.accelerator):
+            with _sharding.gathered_parameters(policy, self.accelerator):
                 response = generate_responses(policy, queries, **common, **generation_kwargs)
             ref_response = None
             if generate_ref_response:
-                with self._reference_context() as ref, _sharding.gathered_for_generation(ref, self.accelerator):
+                with self._reference_context() as ref, _sharding.gathered_parameters(ref, self.accelerator):
                     ref_response = generate_responses(ref, queries, **common, **generation_kwargs)
         if isinstance(query_tensor, Tensor) and k == 1:
             response = response[0].unsqueeze(0)
