@@ -112,7 +112,7 @@ def prepare_reference(ref_model: torch.nn.Module, accelerator, shard: bool = Tru
     """
     from accelerate.utils import DistributedType
 
-    ref_model.requires_grad_(False)
+    # No requires_grad_(False) here: a user's reference may share (trainable) parameters with the policy.
     if shard and accelerator.distributed_type == DistributedType.FSDP and getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) == 2:
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
