@@ -1,4 +1,6 @@
-"""Cross-process plumbing shared by the trainers (one copy, so the copies cannot drift)."""
+"""Cross-process plumbing shared by the trainers (one copy, so the copies cannot drift).
+
+Sharded models (FSDP2, DeepSpeed ZeRO) have their own module, `_sharding`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Sharded models (FSDP2, DeepSpeed ZeRO-3): gathering parameters for generation, and the reference model.
 
 accelerate shards the policy in ``Accelerator.prepare`` (FSDP2: ``fully_shard`` on each block of the
-wrap policy and on the root; ZeRO-3: the DeepSpeed engine). Two things PPO needs on top of that
-live here, once for every trainer:
+wrap policy and on the root; ZeRO-3: the DeepSpeed engine). What PPO needs on top of that lives
+here, once for every trainer (docs/distributed.md says what was tested):
 
 - `gathered_parameters`: ``generate`` runs one forward per new token. Under FSDP2 every
   forward all-gathers each block and frees it again (``reshard_after_forward``), so a response of
@@ -11,6 +11,10 @@ live here, once for every trainer:
   DeepSpeed's ``GatheredParameters``.
 - `prepare_reference`: the frozen reference shares the policy's sharding under FSDP2 (no optimizer,
   so no optimizer state), or DeepSpeed's inference engine under ZeRO-3.
+- `create_reference`: the reference copy, loaded again under ZeRO-3 (a copy of a partitioned model is empty).
+- `fill_deepspeed_config`: DeepSpeed's "auto" batch sizes and gradient clipping from PPO's settings.
+- `module_state_dict`: torch's own ``state_dict`` keys while accelerate writes or reads FSDP checkpoints.
+- `sharding_summary`: one line naming the sharding in use (for the CLI and logs).
 """
 
 from __future__ import annotations
