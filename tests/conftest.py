@@ -68,3 +68,13 @@ def model_path(tiny_dir, tokenizer_path):
         return cache[arch]
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warn_once():
+    """rlft warns once per process about each old spelling; every test starts with none warned yet,
+    so a test that expects the warning does not depend on which tests ran before it."""
+    from rlft import _compat
+
+    _compat._warned.clear()
+    yield

@@ -28,7 +28,7 @@ from ..import_utils import require
 require("diffusers", "DDPO (rlft.DDPOTrainer)")
 
 from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import ProjectConfiguration, set_seed  # noqa: E402
+from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed  # noqa: E402
 
 from ..functional.ddpo import ddpo_clipped_loss, normalize_advantages  # noqa: E402
 from ..models.modeling_sd_base import DDPOStableDiffusionPipeline  # noqa: E402
@@ -128,8 +128,12 @@ class DDPOTrainer:
             log_with=config.log_with,
             mixed_precision=config.mixed_precision,
             project_config=ProjectConfiguration(**config.accelerate_project_kwargs()),
-            # every trained timestep of every micro-batch is one accumulation micro-step
-            gradient_accumulation_steps=config.train_gradient_accumulation_steps * self.num_train_timesteps,
+            # every trained timestep of every micro-batch is one accumulation micro-step. DDPO iterates no
+            # dataloader, so syncing follows the step count only: a dataloader that another trainer in this
+            # process left unfinished (accelerate's process-wide GradientState) must not force a sync each step
+            gradient_accumulation_plugin=GradientAccumulationPlugin(
+                num_steps=config.train_gradient_accumulation_steps * self.num_train_timesteps, sync_with_dataloader=False,
+            ),
             **config.accelerator_kwargs,
         )
         if self.accelerator.is_main_process and config.log_with is not None:

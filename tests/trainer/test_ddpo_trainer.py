@@ -425,3 +425,23 @@ def test_without_diffusers_import_works_and_ddpo_names_the_extra():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_an_unfinished_dataloader_of_another_trainer_does_not_change_the_step_count(tmp_path):
+    """accelerate keeps its gradient state per process: a transformers Trainer stopped by max_steps leaves its
+    dataloader marked as at its end, which made every DDPO micro-step sync (12 optimizer steps instead of 4)."""
+    from accelerate.state import GradientState
+
+    class Abandoned:  # what a dataloader left at its end by another trainer looks like to accelerate
+        end_of_dataloader = True
+
+    state = GradientState()
+    loader = Abandoned()
+    state._add_dataloader(loader)
+    assert state.end_of_dataloader
+    try:
+        trainer = make_trainer(config(tmp_path, num_epochs=1))
+        trainer.train()
+        assert trainer.global_step == 4
+    finally:
+        GradientState._reset_state()
