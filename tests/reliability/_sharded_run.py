@@ -13,8 +13,8 @@ MODE "ppo": 3 PPOTrainer steps on a global batch of 8 (a NaN score on one proces
 generation with a different number of new tokens on each process (all-gathers counted), then
 save_checkpoint. Options: "peft" (LoRA policy), "resume=CKPT" (load CKPT first, run 1 step), "zero2" /
 "zero3" (DeepSpeed ZeRO on CPU processes instead of FSDP2; no checkpoint).
-MODE "sft" / "reward" / "dpo": 3 optimizer steps of SFTTrainer / RewardTrainer / DPOTrainer with a global
-batch of 4 (FSDP2 through TrainingArguments' fsdp / fsdp_config).
+MODE "sft" / "reward" / "dpo" / "isft": 3 optimizer steps of SFTTrainer / RewardTrainer / DPOTrainer /
+IterativeSFTTrainer with a global batch of 4 (FSDP2 through TrainingArguments' fsdp / fsdp_config).
 MODE "hang": one PPO step, then process 1 dies (option "stuck": sleeps instead); process 0 must fail
 within the gloo timeout instead of waiting forever.
 """
@@ -293,6 +293,38 @@ def run_dpo(model_dir: str, out: Path, *options: str) -> None:
     _train_and_write(trainer, out, state.num_processes, state.process_index)
 
 
+def run_isft(model_dir: str, out: Path, *options: str) -> None:
+    """IterativeSFTTrainer: 3 `step(input_ids=...)` calls on a global batch of 4 rows (each process its share)."""
+    from accelerate import PartialState
+    from transformers import AutoModelForCausalLM
+
+    from rlft import IterativeSFTTrainer
+    from rlft.trainer import _sharding
+    from rlft.trainer.utils import disable_dropout_in_model
+
+    state = PartialState(cpu=True)
+    world, rank = state.num_processes, state.process_index
+    tok = _tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    disable_dropout_in_model(model)
+    # "linear": the default decaying schedule (see the xfail in test_sharded.py); else a constant learning rate
+    args = _trainer_args(out, world, lr_scheduler_type="linear" if "linear" in options else "constant")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = IterativeSFTTrainer(model, args=args, tokenizer=tok)
+        per = 4 // world
+        g = torch.Generator().manual_seed(0)
+        for _ in range(STEPS):  # equal lengths: each process's token mean is then its share of the global mean
+            rows = [torch.randint(5, 900, (10,), generator=g) for _ in range(4)]
+            mine = rows[rank * per:(rank + 1) * per]
+            trainer.step(input_ids=mine, attention_mask=[torch.ones_like(r) for r in mine], labels=mine)
+    model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    info = {"world": world, "loss": 0.0, "sharding": _sharding.sharding_summary(trainer.accelerator),
+            "sharded_params": sum(type(p).__name__ == "DTensor" for p in model.parameters())}
+    params = full_params(model)
+    _write(out, rank, params, info)
+
+
 def run_hang(model_dir: str, out: Path, *options: str) -> None:
     """Process 1 exits after one step; process 0 enters the next step and must raise, not hang."""
     from accelerate import PartialState
@@ -373,7 +405,7 @@ def main() -> None:
         return
     # SFT also names FSDP in its TrainingArguments (so transformers takes its FSDP paths); the plugin is the same
     use_fsdp2_on_cpu(fsdp2_plugin(), timeout_s=FAULT_TIMEOUT_S if mode == "hang" else None)
-    {"ppo": run_ppo, "sft": run_sft, "reward": run_reward, "dpo": run_dpo, "hang": run_hang}[mode](model_dir, out, *options)
+    {"ppo": run_ppo, "sft": run_sft, "reward": run_reward, "dpo": run_dpo, "isft": run_isft, "hang": run_hang}[mode](model_dir, out, *options)
     _finish()
 
 

@@ -116,14 +116,27 @@ REWARD_PROBE_XFAIL = pytest.mark.xfail(
 )
 
 
+ISFT_SCHEDULE_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="IterativeSFTTrainer passes its lr scheduler to accelerator.prepare, whose AcceleratedScheduler steps it "
+           "num_processes times per optimizer step: on 2 processes the linear schedule decays twice as fast (under "
+           "DDP as under FSDP). Measured: parameters 3.3e-3 away from 1 process after 3 steps at lr 5e-3; with a "
+           "constant schedule they match. Fix: keep the scheduler out of prepare (as transformers' Trainer does).",
+)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["sft", pytest.param("reward", marks=REWARD_PROBE_XFAIL), "dpo"])
-def test_trainer_fsdp2_two_processes_match_one(model_path, tmp_path, mode):
-    """SFT / reward / DPO through TrainingArguments(fsdp="full_shard", fsdp_config={"version": 2}). DPO's
-    reference copy is not sharded (accelerate's prepare_model(evaluation_mode=True) only places it)."""
+@pytest.mark.parametrize("mode, option", [
+    ("sft", None), pytest.param("reward", None, marks=REWARD_PROBE_XFAIL), ("dpo", None), ("isft", None),
+    pytest.param("isft", "linear", marks=ISFT_SCHEDULE_XFAIL),
+])
+def test_trainer_fsdp2_two_processes_match_one(model_path, tmp_path, mode, option):
+    """SFT / reward / DPO / IterativeSFT through TrainingArguments(fsdp="full_shard", fsdp_config={"version": 2}).
+    DPO's reference copy is not sharded (accelerate's prepare_model(evaluation_mode=True) only places it)."""
     model_dir = model_path("gpt2")
-    launch(mode, model_dir, tmp_path / "two")
-    one = single(mode, model_dir, tmp_path / "one")
+    options = [option] if option else []
+    launch(mode, model_dir, tmp_path / "two", *options)
+    one = single(mode, model_dir, tmp_path / "one", *options)
     two = json.loads((tmp_path / "two" / "stats.json").read_text())
     assert two["sharding"] == "FSDP2 over 2 processes" and two["sharded_params"] > 0 and one["sharded_params"] == 0
     diff = max_diff(tmp_path / "two", tmp_path / "one")
