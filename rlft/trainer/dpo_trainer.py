@@ -34,6 +34,7 @@ from ..functional import dpo as F_dpo
 from ..functional.logprobs import selected_log_probs
 from ..models import create_reference_model
 from ..models._peft import is_peft_model, wrap_peft
+from . import _sharding
 from ._helpers import PerModelCheck, disable_dropout_in_model, pad_token_id_or_eos
 from ._model_helpers import unwrap_base_model
 
@@ -263,7 +264,10 @@ class DPOTrainer(Trainer):
         # DPO's loss is a mean over pairs: no rescaling by a token count.
         self.model_accepts_loss_kwargs = False
         if self.ref_model is not None:
-            self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+            if _sharding.fsdp2_modules(self.accelerator.unwrap_model(self.model)):  # shard the reference like the policy
+                self.ref_model = _sharding.prepare_reference(self.ref_model, self.accelerator)
+            else:
+                self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
 
     # ------------------------------------------------------------------ setup helpers
     @staticmethod

@@ -117,9 +117,9 @@ class IterativeSFTTrainer(Trainer):
             else:
                 # A linear decay over max_steps=-1 steps would set the rate to 0 from the start.
                 self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
-        self.model_wrapped, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
-            self.model, self.optimizer, self.lr_scheduler
-        )
+        # The scheduler stays out of prepare: accelerate's wrapper steps it once per process, which on P processes
+        # would run the schedule P times too fast for the same global batch (transformers' Trainer keeps it out too).
+        self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self._pending_losses: list[float] = []
 
     # ----------------------------------------------------------------- inputs

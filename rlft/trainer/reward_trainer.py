@@ -17,6 +17,7 @@ from ..data.reward import REWARD_COLUMNS, RewardDataCollatorWithPadding, compute
 from ..functional.reward import pairwise_reward_loss
 from ..models._peft import wrap_peft
 from ._helpers import PerModelCheck, pad_with_mask
+from ._sharding import fsdp2_modules
 from ._model_helpers import unwrap_base_model
 from .reward_config import RewardConfig
 
@@ -232,6 +233,8 @@ class RewardTrainer(Trainer):
         always takes the padded forwards.
         """
         if not self.padding_free or model is not self.accelerator.unwrap_model(model):
+            return False
+        if fsdp2_modules(model):  # the probe's direct backbone call would initialise an inner FSDP2 block as a root
             return False
         return self._packing_is_exact(model)
 

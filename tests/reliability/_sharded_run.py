@@ -268,7 +268,8 @@ def run_reward(model_dir: str, out: Path, *options: str) -> None:
                          remove_unused_columns=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+        # padded forwards on both sides (the packed forward is skipped under FSDP2; compare like with like)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, padding_free=False)
     _train_and_write(trainer, out, state.num_processes, state.process_index)
 
 

@@ -107,32 +107,14 @@ def test_ppo_fsdp2_peft_two_processes_match_one(model_path, tmp_path):
     assert lora  # the adapter is in the compared parameters
 
 
-REWARD_PROBE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="RewardTrainer's packing probe runs the backbone inside the model directly, so under FSDP2 an inner "
-           "block is lazily initialised as a root and the model's own forward then fails ('FSDP state has already "
-           "been lazily initialized for transformer.wte'). Fix: RewardTrainer._can_pack returns False when "
-           "rlft.trainer._sharding.fsdp2_modules(model) is not empty.",
-)
-
-
-ISFT_SCHEDULE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="IterativeSFTTrainer passes its lr scheduler to accelerator.prepare, whose AcceleratedScheduler steps it "
-           "num_processes times per optimizer step: on 2 processes the linear schedule decays twice as fast (under "
-           "DDP as under FSDP). Measured: parameters 3.3e-3 away from 1 process after 3 steps at lr 5e-3; with a "
-           "constant schedule they match. Fix: keep the scheduler out of prepare (as transformers' Trainer does).",
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, option", [
-    ("sft", None), pytest.param("reward", None, marks=REWARD_PROBE_XFAIL), ("dpo", None), ("isft", None),
-    pytest.param("isft", "linear", marks=ISFT_SCHEDULE_XFAIL),
+    ("sft", None), ("reward", None), ("dpo", None), ("isft", None), ("isft", "linear"),
 ])
 def test_trainer_fsdp2_two_processes_match_one(model_path, tmp_path, mode, option):
     """SFT / reward / DPO / IterativeSFT through TrainingArguments(fsdp="full_shard", fsdp_config={"version": 2}).
-    DPO's reference copy is not sharded (accelerate's prepare_model(evaluation_mode=True) only places it)."""
+    DPO's reference copy is sharded like the policy; the reward trainer skips its packing probe under FSDP2;
+    IterativeSFT's learning-rate schedule is stepped once per optimizer step (not once per process)."""
     model_dir = model_path("gpt2")
     options = [option] if option else []
     launch(mode, model_dir, tmp_path / "two", *options)
