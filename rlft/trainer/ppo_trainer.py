@@ -36,9 +36,9 @@ from ..functional.critic_free import (
 from ..functional import masked_mean
 from ..functional.logprobs import selected_log_probs
 from ..functional.ppo import gae, kl_full, kl_penalty, per_token_rewards, policy_loss, value_loss
-from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper, create_reference_model
+from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper
 from ..models.modeling_base import is_peft_model
-from ..utils.faults import NonFiniteGuard, grad_norm, nonfinite_names
+from ..utils.faults import NonFiniteGuard, grad_norm
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
 from ..utils.running import RunningMoments
 from ..utils.tied_embedding import densify_grad, sparse_embedding_grad, tied_trainable_input_embedding
@@ -51,6 +51,7 @@ from ._ppo_helpers import (
 )
 from ._ppo_forward import forward_actions, pad_batch
 from ._ppo_inputs import InputLimits, check_queries, validate_step_inputs
+from ._ppo_guards import PPOGuardsMixin
 from ._ppo_logging import PPOLoggingMixin
 from ._ppo_types import EpochsResult, MinibatchSignals, PaddedBatch, Rollout, StepInputs
 from .base import BaseTrainer
@@ -67,7 +68,7 @@ def _lm(model):
     return getattr(model, "pretrained_model", model)
 
 
-class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
+class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTrainer):
     """Proximal Policy Optimization (and critic-free policy gradients) for language models.
 
     Args:
@@ -389,38 +390,6 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
             self.current_step += 1
             return stats
 
-    def _skip_step(self, what: str, inputs: StepInputs, t_start: float) -> dict:
-        """End a step that changed no weight: count it (`NonFiniteError` once too many), report NaN stats.
-
-        The KL controller and the scheduler do not advance.
-        """
-        self.nonfinite.bad_step(what, self.current_step)
-        self._drop_gradients()
-        gather = lambda seqs: _distributed.gather_rows(_ppo_stats.lengths(seqs), self.accelerator)  # noqa: E731
-        stats = _ppo_stats.skipped_step_stats(
-            _ppo_stats.scalar_stats(self.config.uses_critic), gather(inputs.queries), gather(inputs.responses),
-            self.kl_ctl.value, self.optimizer.param_groups[0]["lr"],
-        )
-        stats.update(self.nonfinite.stats(skipped=True))
-        stats["time/ppo/total"] = time.time() - t_start
-        self.current_step += 1
-        return stats
-
-    def _drop_gradients(self) -> None:
-        self.optimizer.zero_grad()
-        self._sync_now, self._window_updates = True, 0
-
-    def _memory_advice(self, inputs: StepInputs) -> list[str]:
-        cfg = self.config
-        longest = max(q.numel() + r.numel() for q, r in zip(inputs.queries, inputs.responses))
-        return [
-            f"PPOConfig.mini_batch_size (now {cfg.mini_batch_size}: samples per forward and backward chunk), "
-            f"raising gradient_accumulation_steps (now {cfg.gradient_accumulation_steps}) to keep their product",
-            f"the sample length (longest query + response now {longest} tokens: lower max_new_tokens or truncate queries)",
-            f"PPOConfig.batch_size (now {cfg.batch_size})",
-            "or enable gradient checkpointing (the language model's gradient_checkpointing_enable())",
-        ]
-
     # ---------------------------------------------------------------- 1. inputs
     def _validate(self, queries, responses, scores, response_masks) -> StepInputs:
         return validate_step_inputs(
@@ -434,13 +403,6 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
             queries, responses, scores, masks, batch_size=batch_size, limits=self._limits, device=self.current_device,
         )
         return inputs.queries, inputs.responses, list(inputs.scores), inputs.response_masks
-
-    def _nonfinite_scores(self, scores: Tensor) -> Optional[str]:
-        """Where the scores are NaN/inf (on any process), or None."""
-        bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
-        if not _distributed.any_over_processes(bool(bad), self.accelerator):
-            return None
-        return f"the scores (positions {bad} on process {self.accelerator.process_index})" if bad else "the scores of another process"
 
     def _prepare_scores(self, scores: Tensor) -> Tensor:
         """Score scaling / normalisation by running moments, then clipping. (B,) -> (B,)."""
@@ -548,13 +510,6 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
             else:
                 kl_inputs = (logprobs, ref_logprobs)
         return logprobs, ref_logprobs, values, mask, kl_inputs, update_forward
-
-    def _nonfinite_rollout(self, logprobs: Tensor, ref_logprobs: Tensor, values: Tensor, kls: Tensor) -> Optional[str]:
-        """Which rollout tensors hold NaN/inf (on any process), or None."""
-        bad = nonfinite_names({"log-probs": logprobs, "reference log-probs": ref_logprobs, "values": values, "per-token KL": kls})
-        if not _distributed.any_over_processes(bool(bad), self.accelerator):
-            return None
-        return f"the rollout ({', '.join(bad)} on process {self.accelerator.process_index})" if bad else "the rollout of another process"
 
     # ---------------------------------------------------------------- 3. rewards
     def _kl_penalty(self, logprob: Tensor, ref_logprob: Tensor) -> Tensor:
@@ -666,13 +621,6 @@ class PPOTrainer(PPOCheckpointMixin, PPOLoggingMixin, BaseTrainer):
         if not signals.nonfinite:
             all_stats.append(stats)
         return signals
-
-    def _early_stop(self, policykl: Tensor) -> bool:
-        """True once the policy KL of a minibatch exceeds 1.5 x target_kl (on any process)."""
-        stop = _distributed.any_over_processes(float(policykl) > 1.5 * self.config.target_kl, self.accelerator)
-        if stop:
-            self.optimizer.zero_grad()
-        return stop
 
     def train_minibatch(
         self, old_logprobs: Tensor, values: Tensor, logprobs: Tensor, logits: Tensor, vpreds: Tensor,
