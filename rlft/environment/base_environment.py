@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..trainer._helpers import pad
+from ..trainer._helpers import eos_token_ids, pad, pad_token_id_or_eos
 from ..utils.sampling_generate import generate as sampling_generate
 
 #: The special strings of TRL 0.7's tool-call protocol.
@@ -546,7 +546,7 @@ def generate_segments(model, tokenizer, queries: list[Tensor], stop_strings: Opt
         device = next(model.parameters()).device
     except (AttributeError, StopIteration, TypeError):
         device = torch.device("cpu")
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id_or_eos(tokenizer, default=0)
     input_ids = pad([q.to(device) for q in queries], padding_value=pad_id, padding_side="left")  # (B, L)
     attention_mask = pad([torch.ones_like(q, device=device) for q in queries], padding_value=0, padding_side="left")
     width = input_ids.shape[1]
@@ -564,7 +564,7 @@ def generate_segments(model, tokenizer, queries: list[Tensor], stop_strings: Opt
         if was_training:
             model.train()
     new = output[:, width:]  # (B, new tokens)
-    eos_ids = eos_token_ids(model, tokenizer, generation_kwargs)
+    eos_ids = eos_token_ids(generation_kwargs, model, tokenizer)
     out = []
     for row in range(new.shape[0]):
         length = new.shape[1]
@@ -585,26 +585,6 @@ def repeat_per_episode(kwargs: dict, n_tasks: int, k: int) -> dict:
         return kwargs
     return {name: [v for v in value for _ in range(k)] if isinstance(value, (list, tuple)) and len(value) == n_tasks
             else value for name, value in kwargs.items()}
-
-
-def _pad_id(tokenizer) -> int:
-    for value in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if value is not None:
-            return int(value)
-    return 0
-
-
-def eos_token_ids(model, tokenizer, generation_kwargs: dict) -> set[int]:
-    """The token ids that end generation: the call's ``eos_token_id``, else the model's, else the tokenizer's."""
-    eos = generation_kwargs.get("eos_token_id")  # None: transformers falls back to the model's, so do we
-    if eos is None:
-        config = getattr(model, "generation_config", None) or getattr(getattr(model, "pretrained_model", None), "generation_config", None)
-        eos = getattr(config, "eos_token_id", None)
-        if eos is None:
-            eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        return set()
-    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
 __all__ = ["StringStoppingCriteria", "TextEnvironment", "TextHistory", "normalize_tools"]

@@ -220,7 +220,7 @@ class ChatToolEnvironment:
         Other special tokens stay: some templates write tool calls with them.
         """
         end = len(tokens)
-        eos_ids = eos_token_ids(self.model, self.tokenizer, self.generation_kwargs)
+        eos_ids = eos_token_ids(self.generation_kwargs, self.model, self.tokenizer)
         while end > 0 and int(tokens[end - 1]) in eos_ids:
             end -= 1
         return self.tokenizer.decode(tokens[:end])

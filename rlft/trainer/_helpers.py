@@ -71,6 +71,21 @@ def pad_token_id_or_eos(tokenizer: Any, default: int | None = None) -> int | Non
     return default
 
 
+def eos_token_ids(generation_kwargs: dict, model: Any, tokenizer: Any) -> set[int]:
+    """The ids that end a response: the call's ``eos_token_id``, else the model's generation config's (looked up
+    through value-head and peft wrappers), else the tokenizer's; empty when none is set."""
+    from ..utils.sampling_generate import model_generation_config
+
+    eos = generation_kwargs.get("eos_token_id")
+    if eos is None:
+        eos = getattr(model_generation_config(model), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
 class PerModelCheck:
     """A yes/no property of a model, computed once per model object by ``probe(model)``.
 

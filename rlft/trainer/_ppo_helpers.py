@@ -204,18 +204,6 @@ def generate_responses(
     return outputs
 
 
-def eos_ids(generation_kwargs: dict, generation_config, tokenizer) -> set[int]:
-    """The ids that end a response: the call's ``eos_token_id``, else the model's generation config's, else the tokenizer's."""
-    eos = generation_kwargs.get("eos_token_id")
-    if eos is None:
-        eos = getattr(generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
-
-
 def build_dataloader(dataset, data_collator: Callable, config: PPOConfig, forward_params: set[str]) -> torch.utils.data.DataLoader:
     """`PPOTrainer.prepare_dataloader`: ``config.batch_size`` samples per batch, incomplete batches dropped,
     a `datasets.Dataset`'s columns the model does not take removed (``remove_unused_columns``)."""

@@ -43,10 +43,10 @@ from ..utils.resumable import ResumableDataLoader, ResumableSampler
 from ..utils.running import RunningMoments
 from ..utils.tied_embedding import densify_grad, sparse_embedding_grad, tied_trainable_input_embedding
 from . import _distributed, _ppo_stats, _sharding
-from ._helpers import disable_dropout_in_model, pad_token_id_or_eos
+from ._helpers import disable_dropout_in_model, eos_token_ids, pad_token_id_or_eos
 from ._ppo_checkpoint import PPOCheckpointMixin
 from ._ppo_helpers import (
-    accepted_kwargs, build_dataloader, cat_padded, check_policy, collate, default_optimizer, eos_ids, generate_responses,
+    accepted_kwargs, build_dataloader, cat_padded, check_policy, collate, default_optimizer, generate_responses,
     out_of_memory_hint, tracker_init_kwargs,
 )
 from ._ppo_forward import forward_actions, pad_batch
@@ -264,7 +264,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
                   f"max_new_tokens (now {generation_kwargs.get('max_new_tokens', 'the generation config default')})",
                   "the query length"]
         with out_of_memory_hint("PPOTrainer.generate", advice):
-            ends = eos_ids(generation_kwargs, getattr(_lm(policy), "generation_config", None), self.tokenizer)
+            ends = eos_token_ids(generation_kwargs, policy, self.tokenizer)
             common = dict(batch_size=batch_size * k, pad_id=self._pad_id, eos_ids=ends, limits=self._limits,
                           device=self.current_device, length_sampler=length_sampler, return_prompt=return_prompt)
             # sharded (FSDP2 / ZeRO-3): parameters gathered once per call, not once per token (_sharding.py)
@@ -705,7 +705,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
             kl_loss = aggregate_loss(kl_k3(logprobs, ref_logprobs), mask, self._loss_aggregation, max_tokens=self._loss_max_tokens)
         policy_total = pg_loss if kl_loss is None else pg_loss + self._kl_loss_coef * kl_loss
         value_term = cfg.vf_coef * vf_loss if vf_loss is not None else torch.zeros((), device=pg_loss.device)
-        total = pg_loss + value_term if kl_loss is None else policy_total + value_term
+        total = policy_total + value_term
         avg_ratio = masked_mean(ratio, mask).item()
         skipped = _distributed.any_over_processes(avg_ratio > cfg.ratio_threshold, self.accelerator)
         if skipped:

@@ -44,3 +44,18 @@ def test_unwrap_base_model_through_every_wrapper(model_path):
     adapted = AutoModelForCausalLMWithValueHead.from_pretrained(model_path("gpt2"), peft_config=lora)
     base = unwrap_base_model(adapted)
     assert type(base).__name__ == "GPT2LMHeadModel" and base is adapted.pretrained_model.get_base_model()
+
+
+def test_eos_token_ids_order_of_precedence(model_path, pad_tokenizer):
+    """The call's eos_token_id, else the model's generation config (through a value-head wrapper), else the tokenizer's."""
+    from rlft import AutoModelForCausalLMWithValueHead
+    from rlft.trainer._helpers import eos_token_ids
+
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(model_path("gpt2"))
+    assert eos_token_ids({"eos_token_id": [7, 9]}, model, pad_tokenizer) == {7, 9}
+    model.pretrained_model.generation_config.eos_token_id = 11
+    assert eos_token_ids({}, model, pad_tokenizer) == {11}
+    model.pretrained_model.generation_config.eos_token_id = None
+    assert eos_token_ids({}, model, pad_tokenizer) == {pad_tokenizer.eos_token_id}
+    pad_tokenizer.eos_token = None
+    assert eos_token_ids({}, model, pad_tokenizer) == set()
