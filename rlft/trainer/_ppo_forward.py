@@ -3,11 +3,13 @@ only the logits (and values) at the response positions. Shapes as in `_ppo_types
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from ..functional.logprobs import selected_log_probs
 from ._helpers import pad_with_mask
 from ._ppo_helpers import logits_to_keep
 from ._ppo_types import PaddedBatch
@@ -58,3 +60,92 @@ def forward_actions(model, batch: PaddedBatch, *, accepted: set[str], is_encoder
         logits = logits[:, -(T + 1) : -1]  # (n, T, V)
     values = out[2][:, -(T + 1) : -1] if return_values and isinstance(out, tuple) else None
     return logits, values
+
+
+class BehaviourRecorder:
+    """Forward hooks that record, while a causal ``generate`` call runs, the log-probability of each
+    drawn token under the raw logits it was drawn from and (value-head models) the value of the state
+    before it: what the rollout forward would recompute, without a second forward.
+
+    Hooks on the transformers model ``base``: a forward pre-hook reads each call's input ids (the
+    previous step's token, after the prefill); a pre-hook on its LM head keeps the last position's
+    hidden state (the value head's input: the model's last hidden state); a forward hook keeps the
+    last position's raw logits (``outputs.logits[:, -1]``, before any logits processor or warper,
+    the logits TRL computes log-probs from). A step's (B, V) logits are reduced to the drawn token's
+    log-prob as soon as that token arrives as the next call's input, so at most one step's logits
+    are held. `result` checks the recorded tokens against the returned sequences and gives None on
+    any mismatch (beam search, a decode step that bypassed the hooks, ...).
+    """
+
+    def __init__(self, base, value_head: Optional[torch.nn.Module] = None):
+        self.base = base
+        self.value_head = value_head
+        self._handles: list = []
+        self._reset(0)
+
+    def _reset(self, width: int) -> None:
+        self._width = width  # prompt columns of the batch being generated
+        self._seen = 0  # input columns the model has consumed so far
+        self._decoding = False  # whether the running forward call draws a token
+        self._broken = False  # a call this recorder cannot follow (inputs_embeds)
+        self._pending: Optional[Tensor] = None  # (B, V) fp32 raw logits of the last step, its token not yet known
+        self.logprobs: list[Tensor] = []  # per decode step, (B,)
+        self.tokens: list[Tensor] = []  # per resolved step, (B,): the token of that log-prob
+        self.values: list[Tensor] = []  # per decode step, (B,)
+
+    @contextlib.contextmanager
+    def recording(self, width: int):
+        """Record one ``generate`` call whose (padded) prompts are ``width`` columns wide."""
+        self._reset(width)
+        self._handles = [self.base.register_forward_pre_hook(self._on_input, with_kwargs=True),
+                         self.base.register_forward_hook(self._on_output)]
+        if self.value_head is not None:
+            self._handles.append(self.base.get_output_embeddings().register_forward_pre_hook(self._on_head_input))
+        try:
+            yield self
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles = []
+
+    def _on_input(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            self._broken = True
+            return
+        if self._pending is not None:  # the previous step's token is this call's last input column
+            self._resolve(ids[:, -1])
+        self._seen += ids.shape[1]
+        self._decoding = self._seen >= self._width  # the prefill's last chunk draws the first token
+
+    def _on_head_input(self, module, args):
+        if self._decoding:
+            hidden = args[0][:, -1:]  # (B, 1, d): the state before the token this step draws
+            self.values.append(self.value_head(hidden)[:, 0].float())
+
+    def _on_output(self, module, args, output):
+        if self._decoding:
+            logits = output.logits if hasattr(output, "logits") else output[0]  # (B, S, V)
+            self._pending = logits[:, -1].to(dtype=torch.float32, copy=True)  # (B, V), not a view of (B, S, V)
+
+    def _resolve(self, token: Tensor) -> None:
+        self.logprobs.append(selected_log_probs(self._pending, token))  # (B,)
+        self.tokens.append(token)
+        self._pending = None
+
+    def result(self, sequences: Tensor) -> Optional[tuple[Tensor, Optional[Tensor]]]:
+        """(log-probs (B, n), values (B, n) or None) of the n = ``sequences.shape[1] - width`` generated
+        columns of ``sequences`` (B, width + n), or None when the record does not match them."""
+        n = sequences.shape[1] - self._width
+        if self._pending is not None and len(self.logprobs) < n:
+            self._resolve(sequences[:, self._width + len(self.logprobs)])
+        if self._broken or len(self.logprobs) < n or (self.value_head is not None and len(self.values) < n):
+            return None
+        if n == 0:
+            empty = sequences.new_zeros((sequences.shape[0], 0), dtype=torch.float32)
+            return empty, (empty if self.value_head is not None else None)
+        tokens = torch.stack(self.tokens[:n], dim=1)  # (B, n)
+        if tokens.shape != (sequences.shape[0], n) or not torch.equal(tokens, sequences[:, self._width :]):
+            return None
+        values = torch.stack(self.values[:n], dim=1) if self.value_head is not None else None
+        return torch.stack(self.logprobs[:n], dim=1), values

@@ -169,13 +169,16 @@ def tracker_init_kwargs(config: PPOConfig) -> dict:
 
 def generate_responses(
     model, queries: list[Tensor], *, batch_size: int, pad_id: int, eos_ids: set[int], limits: InputLimits, device,
-    length_sampler=None, return_prompt: bool = True, **generation_kwargs,
+    length_sampler=None, return_prompt: bool = True, behaviour: Optional[tuple] = None, **generation_kwargs,
 ) -> list[Tensor]:
     """Sample one response per query, ``batch_size`` queries per `generate` call, with the model in eval mode.
 
     Causal models: queries left-padded; each output is the query plus its new tokens up to and
     including the first EOS (or only the new tokens with ``return_prompt=False``). Encoder-decoders:
     queries right-padded; each output starts with the decoder-start token.
+    ``behaviour``: (a `BehaviourRecorder` on ``model``, a `BehaviourCache`, the policy's version) to
+    record each response's behaviour log-probs (and values) in, keyed by the query and the new
+    tokens (causal models only).
     """
     was_training = model.training
     model.eval()
@@ -188,9 +191,12 @@ def generate_responses(
             check_context(batch, limits, generation_kwargs.get("max_new_tokens"))
             padding_side = "right" if limits.is_encoder_decoder else "left"
             input_ids, attention_mask = pad_with_mask(batch, pad_id, padding_side)
-            generated = sampling_generate(model, input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
             width = input_ids.shape[1]
-            for query, row in zip(batch, generated):
+            record = behaviour is not None and not limits.is_encoder_decoder
+            with behaviour[0].recording(width) if record else contextlib.nullcontext():
+                generated = sampling_generate(model, input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
+            recorded = behaviour[0].result(generated) if record else None  # ((n, new), (n, new) or None) or None
+            for i, (query, row) in enumerate(zip(batch, generated)):
                 if limits.is_encoder_decoder:
                     new = row  # starts with the decoder-start token; the prompt is not in it
                     cut = after_first(new[1:], eos_ids) + 1
@@ -199,6 +205,10 @@ def generate_responses(
                 new = row[width:]
                 new = new[: after_first(new, eos_ids)]
                 outputs.append(torch.cat([query, new]) if return_prompt else new)
+                if recorded is not None:
+                    logprobs, values = recorded
+                    n = new.shape[0]
+                    behaviour[1].add(query, new, logprobs[i, :n], None if values is None else values[i, :n], behaviour[2])
     finally:
         model.train(was_training)
     return outputs

@@ -7,6 +7,7 @@ Q query tokens, R response tokens with padding, V vocabulary.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -136,3 +137,52 @@ class EpochsResult:
     skipped: int
     nonfinite: Optional[str]
     seconds: dict[str, float]
+
+
+class BehaviourCache:
+    """The behaviour log-probs (and values) `PPOTrainer.generate` recorded, for `step` to use instead of
+    recomputing them (``PPOConfig.rollout_logprobs="generation"``).
+
+    Keyed by content: a sample's query and response token ids. Valid only while the policy's
+    parameters are unchanged: ``version`` is a fingerprint of them (the sum of their in-place
+    version counters, which every optimizer step and weight load increases); records of another
+    version are dropped. At most ``capacity`` records are kept, oldest dropped first.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.version: Optional[int] = None
+        self._records: OrderedDict = OrderedDict()  # (query ids, response ids) -> (logprobs (T_i,), values (T_i,) or None)
+
+    @staticmethod
+    def _key(query: Tensor, response: Tensor) -> tuple:
+        return tuple(query.tolist()), tuple(response.tolist())
+
+    def add(self, query: Tensor, response: Tensor, logprobs: Tensor, values: Optional[Tensor], version: int) -> None:
+        """Record one sample: query (Q,), response (T_i,) token ids; logprobs, values (T_i,)."""
+        if version != self.version:
+            self.clear()
+            self.version = version
+        key = self._key(query, response)
+        self._records.pop(key, None)
+        self._records[key] = (logprobs, values)
+        while len(self._records) > self.capacity:
+            self._records.popitem(last=False)
+
+    def take(self, queries: list[Tensor], responses: list[Tensor], version: int) -> Optional[tuple[list[Tensor], Optional[list[Tensor]]]]:
+        """The records of every sample, in order: (logprobs, values or None), each a list of (T_i,) tensors;
+        None unless every sample has one (and of the current ``version``)."""
+        if version != self.version or not self._records:
+            return None
+        found = [self._records.get(self._key(q, r)) for q, r in zip(queries, responses)]
+        if any(f is None for f in found):
+            return None
+        values = [v for _, v in found]
+        return [lp for lp, _ in found], (None if any(v is None for v in values) else values)
+
+    def clear(self) -> None:
+        self._records.clear()
+        self.version = None
+
+    def __len__(self) -> int:
+        return len(self._records)

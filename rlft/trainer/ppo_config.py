@@ -38,6 +38,13 @@ ESTIMATOR_DEFAULTS = {
 }
 
 
+#: Sources of the rollout's policy log-probs (``rollout_logprobs``).
+ROLLOUT_LOGPROBS = ("recompute", "generation")
+#: Largest difference (nats, fp32) between a log-prob or value recorded during generation and the
+#: recompute path's: the KV-cached decode and one full forward sum in different orders.
+ROLLOUT_LOGPROBS_ATOL = 1e-4
+
+
 def _default_exp_name() -> str:
     name = os.path.basename(sys.argv[0] or "rlft")
     return name[: -len(".py")] if name.endswith(".py") else name
@@ -197,6 +204,14 @@ class PPOConfig:
     """When a step makes one update from one forward of the whole batch (ppo_epochs=1 and mini_batch_size >=
     batch_size), the rollout's log-probs and values come from that forward (run with gradients) instead of a
     separate no-grad forward: one policy forward less per step, and the ratio is exactly 1. False: recompute."""
+    rollout_logprobs: Optional[Literal["recompute", "generation"]] = None
+    """Where the rollout's policy log-probs and values come from. "recompute": a no-grad forward of the policy
+    over the batch in `step` (TRL 0.7). "generation": recorded by `PPOTrainer.generate` while it samples, from
+    the raw logits each token was drawn from (before temperature / top-k / top-p, as the recompute reads them)
+    and the value head on the last hidden state; `step` uses them when its queries and responses are exactly
+    ones `generate` returned since the last update (anything else is recomputed), and then forwards only the
+    reference (nothing, with no KL in the reward or the loss). Both agree within `ROLLOUT_LOGPROBS_ATOL`.
+    None: "recompute" for gae, "generation" for the critic-free estimators. See docs/ppo_performance.md."""
     cliprange_high: Optional[float] = None
     """Upper clip range of the policy ratio (DAPO's clip-higher: ratio clipped to [1 - cliprange,
     1 + cliprange_high]). None: symmetric, ``cliprange``."""
@@ -283,6 +298,8 @@ class PPOConfig:
             raise ValueError(f"PPOConfig.loss_aggregation must be one of {LOSS_AGGREGATIONS} or None, got {self.loss_aggregation!r}.")
         if self.loss_max_tokens is not None and (not isinstance(self.loss_max_tokens, int) or self.loss_max_tokens < 1):
             raise ValueError(f"PPOConfig.loss_max_tokens must be a positive integer or None, got {self.loss_max_tokens!r}.")
+        if self.rollout_logprobs is not None and self.rollout_logprobs not in ROLLOUT_LOGPROBS:
+            raise ValueError(f"PPOConfig.rollout_logprobs must be one of {ROLLOUT_LOGPROBS} or None, got {self.rollout_logprobs!r}.")
         if self.cliprange_high is not None and self.cliprange_high <= 0:
             raise ValueError(f"PPOConfig.cliprange_high must be positive or None, got {self.cliprange_high!r}.")
 
@@ -304,6 +321,12 @@ class PPOConfig:
             kl_loss if self.kl_loss_coef is None else float(self.kl_loss_coef),
             aggregation if self.loss_aggregation is None else self.loss_aggregation,
         )
+
+    def resolved_rollout_logprobs(self) -> str:
+        """``rollout_logprobs``, None resolved: "recompute" for gae (TRL 0.7's numbers), "generation" otherwise."""
+        if self.rollout_logprobs is not None:
+            return self.rollout_logprobs
+        return "recompute" if self.uses_critic else "generation"
 
     def _set_world_size(self, world_size: int) -> None:
         """The one place where the world-size-derived fields are computed."""

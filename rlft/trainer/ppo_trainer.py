@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import time
 import warnings
 from typing import Callable, Optional, Union
@@ -43,20 +44,23 @@ from ..utils.resumable import ResumableDataLoader, ResumableSampler
 from ..utils.running import RunningMoments
 from ..utils.tied_embedding import densify_grad, sparse_embedding_grad, tied_trainable_input_embedding
 from . import _distributed, _ppo_stats, _sharding
-from ._helpers import disable_dropout_in_model, eos_token_ids, pad_token_id_or_eos
+from ._helpers import disable_dropout_in_model, eos_token_ids, pad_token_id_or_eos, pad_with_mask
+from ._model_helpers import unwrap_base_model
 from ._ppo_checkpoint import PPOCheckpointMixin
 from ._ppo_helpers import (
-    accepted_kwargs, build_dataloader, cat_padded, check_policy, collate, default_optimizer, generate_responses,
+    accepted_kwargs, pad_right, build_dataloader, cat_padded, check_policy, collate, default_optimizer, generate_responses,
     out_of_memory_hint, tracker_init_kwargs,
 )
-from ._ppo_forward import forward_actions, pad_batch
+from ._ppo_forward import BehaviourRecorder, forward_actions, pad_batch
 from ._ppo_inputs import InputLimits, check_queries, validate_step_inputs
 from ._ppo_guards import PPOGuardsMixin
 from ._ppo_logging import PPOLoggingMixin
-from ._ppo_types import EpochsResult, MinibatchSignals, PaddedBatch, Rollout, StepInputs
+from ._ppo_types import BehaviourCache, EpochsResult, MinibatchSignals, PaddedBatch, Rollout, StepInputs
 from .base import BaseTrainer
 from .kl_control import AdaptiveKLController, FixedKLController
 from .ppo_config import GROUP_ESTIMATORS, PPOConfig
+
+logger = logging.getLogger(__name__)
 
 #: Added to the running score std before dividing by it.
 SCORE_SCALING_EPS = torch.finfo(torch.float32).eps
@@ -200,6 +204,8 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         self._signals = MinibatchSignals()  # what loss / train_minibatch report about the current minibatch
         self._loss_max_tokens: Optional[int] = config.loss_max_tokens
         self.nonfinite = NonFiniteGuard(config.skip_nonfinite_steps, config.max_consecutive_nonfinite_steps)
+        # Behaviour log-probs recorded by generate (rollout_logprobs="generation"); room for a few batches
+        self._behaviour = BehaviourCache(capacity=4 * config.batch_size)
         if self.accelerator.is_main_process and config.log_with is not None:
             self.accelerator.init_trackers(
                 config.tracker_project_name,
@@ -269,7 +275,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
                           device=self.current_device, length_sampler=length_sampler, return_prompt=return_prompt)
             # sharded (FSDP2 / ZeRO-3): parameters gathered once per call, not once per token (_sharding.py)
             with _sharding.gathered_parameters(policy, self.accelerator):
-                response = generate_responses(policy, queries, **common, **generation_kwargs)
+                response = generate_responses(policy, queries, **common, behaviour=self._behaviour_recording(policy), **generation_kwargs)
             ref_response = None
             if generate_ref_response:
                 with self._reference_context() as ref, _sharding.gathered_parameters(ref, self.accelerator):
@@ -278,6 +284,28 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
             response = response[0].unsqueeze(0)
             ref_response = ref_response[0].unsqueeze(0) if ref_response is not None else None
         return (response, ref_response) if generate_ref_response else response
+
+    def _records_behaviour(self) -> bool:
+        """Whether `generate` records behaviour log-probs for `step`: ``rollout_logprobs="generation"``, unless
+        `step` would not use them (one update reads its own forward; ``kl_penalty="full"`` needs the full
+        distributions) or the policy is one the recorder does not follow (encoder-decoder, sharded, prompt learning)."""
+        if self.config.resolved_rollout_logprobs() != "generation" or self.config.kl_penalty == "full" or self._single_update():
+            return False
+        policy = self.accelerator.unwrap_model(self.model)
+        prompt_learning = getattr(getattr(_lm(policy), "active_peft_config", None), "is_prompt_learning", False)
+        return not (self.is_encoder_decoder or prompt_learning or _distributed.shards_parameters(self.accelerator))
+
+    def _behaviour_recording(self, policy) -> Optional[tuple]:
+        """What `generate_responses` records the behaviour log-probs with, or None (see `_records_behaviour`)."""
+        if not self._records_behaviour():
+            return None
+        value_head = getattr(policy, "v_head", None) if self.has_value_head else None
+        return BehaviourRecorder(unwrap_base_model(policy), value_head), self._behaviour, self._policy_version()
+
+    def _policy_version(self) -> int:
+        """A fingerprint of the policy's weights: the sum of their in-place version counters, which grows
+        with every optimizer step or weight load (`BehaviourCache`)."""
+        return sum(p._version for p in self.accelerator.unwrap_model(self.model).parameters())
 
     @contextlib.contextmanager
     def _reference_context(self):
@@ -482,25 +510,35 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         forward with gradients (logprobs, logits, values), else None.
 
         With a single update the policy's forward runs once, with gradients, and the rollout reads
-        it detached: the first (and only) ratio is then exactly 1 and no no-grad forward is spent."""
+        it detached: the first (and only) ratio is then exactly 1 and no no-grad forward is spent.
+        Otherwise, with ``rollout_logprobs="generation"``, the policy's numbers are those `generate`
+        recorded for exactly these samples (`_recorded_behaviour`); only when there are none does the
+        policy run here. The reference is skipped too when that is on and no KL enters the reward or the
+        loss (then ref_logprobs = logprobs: the KL stats read 0)."""
         full = self.config.kl_penalty == "full"
         args = (inputs.queries, inputs.responses)
         update_forward = None
+        recorded = None if full else self._recorded_behaviour(inputs)
         if self._single_update():
             self.model.train()
             with sparse_embedding_grad(self._tied_embedding):
                 update_forward = self.batched_forward_pass(self.model, *args, return_logits=True, response_masks=inputs.response_masks)
             logprobs, logits, values, mask = (t.detach() for t in update_forward)
             update_forward = update_forward[:3]
+        elif recorded is not None:
+            logprobs, values, mask = recorded
         with torch.no_grad():
             policy = self.accelerator.unwrap_model(self.model)
             was_training = policy.training
             policy.eval()
             try:
-                if update_forward is None:
+                if update_forward is None and recorded is None:
                     logprobs, logits, values, mask = self.batched_forward_pass(policy, *args, return_logits=full, response_masks=inputs.response_masks)
-                with self._reference_context() as ref:
-                    ref_logprobs, ref_logits, _, _ = self.batched_forward_pass(ref, *args, return_logits=full, response_masks=inputs.response_masks)
+                if self._reference_needed():
+                    with self._reference_context() as ref:
+                        ref_logprobs, ref_logits, _, _ = self.batched_forward_pass(ref, *args, return_logits=full, response_masks=inputs.response_masks)
+                else:
+                    ref_logprobs = logprobs.detach().clone()
             finally:
                 policy.train(was_training)
             mask = mask.float()
@@ -510,6 +548,30 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
             else:
                 kl_inputs = (logprobs, ref_logprobs)
         return logprobs, ref_logprobs, values, mask, kl_inputs, update_forward
+
+    def _reference_needed(self) -> bool:
+        """False only with ``rollout_logprobs="generation"`` and no KL anywhere (not in the reward, not in the loss)."""
+        uses_kl = self._kl_in_reward or self._kl_loss_coef > 0 or self.config.kl_penalty == "full"
+        return uses_kl or self.config.resolved_rollout_logprobs() != "generation"
+
+    def _recorded_behaviour(self, inputs: StepInputs) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+        """(logprobs, values, mask), each (B, T), from what `generate` recorded for exactly these queries and
+        responses under the current weights, or None (then they are recomputed). Empties the record: the
+        step's update makes it stale."""
+        taken = self._behaviour.take(inputs.queries, inputs.responses, self._policy_version())
+        self._behaviour.clear()
+        if taken is None or self.is_encoder_decoder:
+            if self.config.resolved_rollout_logprobs() == "generation":
+                logger.debug("rollout_logprobs='generation': no record of this batch from generate(); recomputing the policy's log-probs.")
+            return None
+        logprobs, values = taken
+        T = max(r.numel() for r in inputs.responses)
+        pad = lambda rows: torch.cat([pad_right(r[None].float(), T) for r in rows])  # noqa: E731  B x (T_i,) -> (B, T)
+        r_mask = pad_with_mask(inputs.responses, 0, "right")[1]
+        if inputs.response_masks is not None:
+            r_mask = r_mask * pad_with_mask(inputs.response_masks, 0, "right")[0].to(r_mask.dtype)
+        values = pad(values) if values is not None else torch.zeros_like(r_mask, dtype=torch.float32)
+        return pad(logprobs), values, r_mask
 
     # ---------------------------------------------------------------- 3. rewards
     def _kl_penalty(self, logprob: Tensor, ref_logprob: Tensor) -> Tensor:
