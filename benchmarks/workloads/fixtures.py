@@ -13,9 +13,15 @@ Sizes (fixed; change only to define a new, named workload):
   standard library), at most `VOCAB` tokens; the models' vocabulary is exactly `VOCAB`.
 - ``gpt2``: GPT-2 style, d=256, 4 blocks, 4 heads, tied head: about 5.3M parameters.
 - ``llama``: Llama style, d=256, 4 blocks, 4 heads (2 KV heads), SwiGLU 688, tied head.
+- ``gpt2-tiny``: the GPT-2 of ``rlft.testing.tiny`` (d=64, 2 blocks, 4 heads, 256 positions) on this
+  vocabulary, no dropout: about 0.6M parameters, so a step's fixed costs weigh as much as its matmuls.
 - texts: `N_TEXTS` documents of 1-6 corpus lines (mixed lengths, up to `MAX_LENGTH` tokens).
 - pairs: `N_PAIRS` (prompt, chosen, rejected) triples; responses of varied length.
 - prompts: `N_PROMPTS` token-id prompts of 4-12 tokens.
+- long pairs (the second data shape): `N_PAIRS` token-id triples cut from the tokenised corpus,
+  a prompt of `LONG_PROMPT` tokens and two answers of `LONG_ANSWER` tokens each (uniform random
+  lengths, no EOS), as a TRL 0.7 user pre-tokenises a preference dataset; ``texts_long``: the
+  same chosen sequences decoded back to text (the SFT and DPO workloads' second shape).
 """
 
 from __future__ import annotations
@@ -31,10 +37,14 @@ MAX_LENGTH = 256  # SFT / reward truncation, packed chunk length
 N_TEXTS = 512
 N_PAIRS = 512
 N_PROMPTS = 64
-ARCHS = ("gpt2", "llama")
+ARCHS = ("gpt2", "llama", "gpt2-tiny")
 CORPUS = Path(__file__).resolve().parents[2] / "rlft" / "testing" / "data" / "corpus.txt"
 EOS = "<|endoftext|>"
 PAD = "<pad>"
+LONG_PROMPT = (16, 64)  # tokens, inclusive range
+LONG_ANSWER = (24, 160)
+#: Written last by `build_all`; a folder without it (or built by an older version) is rebuilt.
+DONE_MARK = "done-v2"
 
 
 # ---------------------------------------------------------------- building (once per run)
@@ -64,6 +74,22 @@ def _pairs(lines: list[str], rng: random.Random) -> dict[str, list[str]]:
     return pairs
 
 
+def _long_pairs(stream: list[int], rng: random.Random) -> dict[str, list[list[int]]]:
+    """``N_PAIRS`` (prompt, chosen, rejected) token-id triples; chosen and rejected include the prompt."""
+    out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+
+    def window(n: int) -> list[int]:
+        start = rng.randrange(len(stream) - n)
+        return stream[start : start + n]
+
+    for _ in range(N_PAIRS):
+        prompt = window(rng.randint(*LONG_PROMPT))
+        out["prompt_ids"].append(prompt)
+        out["chosen_ids"].append(prompt + window(rng.randint(*LONG_ANSWER)))
+        out["rejected_ids"].append(prompt + window(rng.randint(*LONG_ANSWER)))
+    return out
+
+
 def _model_config(arch: str, eos_id: int):
     import transformers as tf
 
@@ -72,6 +98,9 @@ def _model_config(arch: str, eos_id: int):
         # No dropout, like the Llama-style model and most current checkpoints: otherwise a library that
         # switches dropout off by default would be measured against one that keeps it.
         return tf.GPT2Config(n_embd=256, n_layer=4, n_head=4, n_positions=512, tie_word_embeddings=True,
+                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    if arch == "gpt2-tiny":
+        return tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, tie_word_embeddings=True,
                              resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
     if arch == "llama":
         return tf.LlamaConfig(
@@ -87,7 +116,7 @@ def build_all(root: str | os.PathLike) -> Path:
     from tokenizers import ByteLevelBPETokenizer
 
     root = Path(root)
-    if (root / "done").exists():
+    if (root / DONE_MARK).exists():
         return root
     root.mkdir(parents=True, exist_ok=True)
     lines = corpus_lines()
@@ -112,8 +141,16 @@ def build_all(root: str | os.PathLike) -> Path:
     data = {"texts": _texts(lines, rng), "pairs": _pairs(lines, rng)}
     prompt_lines = rng.sample(lines, N_PROMPTS)
     data["prompts"] = [tok(l)["input_ids"][: rng.randint(4, 12)] for l in prompt_lines]
+    stream = [t for l in lines for t in tok(" " + l)["input_ids"]]
+    long_pairs = _long_pairs(stream, random.Random(SEED + 1))
+    data["pairs_long_ids"] = long_pairs
+    data["pairs_long"] = {k: [tok.decode(ids) for ids in long_pairs[f"{k}_ids"]] for k in ("prompt", "chosen", "rejected")}
+    # chosen/rejected texts without the prompt (the DPO convention: the prompt is a separate column)
+    for k in ("chosen", "rejected"):
+        data["pairs_long"][k] = [tok.decode(ids[len(p):]) for ids, p in zip(long_pairs[f"{k}_ids"], long_pairs["prompt_ids"])]
+    data["texts_long"] = [tok.decode(ids) for ids in long_pairs["chosen_ids"]]
     (root / "data.json").write_text(json.dumps(data))
-    (root / "done").write_text("ok")
+    (root / DONE_MARK).write_text("ok")
     return root
 
 
@@ -163,7 +200,9 @@ def load_model(root: str | os.PathLike, arch: str = "gpt2", kind: str = "causal"
 
 
 def load_data(root: str | os.PathLike) -> dict:
-    """``texts`` (list[str]), ``pairs`` (dict of prompt/chosen/rejected lists), ``prompts`` (list of id lists)."""
+    """``texts`` (list[str]), ``pairs`` (dict of prompt/chosen/rejected lists), ``prompts`` (list of id lists),
+    ``pairs_long_ids`` (dict of prompt_ids/chosen_ids/rejected_ids id lists), ``pairs_long`` (the same as
+    prompt/chosen/rejected texts, answers without the prompt) and ``texts_long``."""
     return json.loads((Path(root) / "data.json").read_text())
 
 

@@ -20,13 +20,13 @@ def library_version() -> str:
 
 
 def run(ctx) -> None:
-    RUNNERS[ctx.workload.name](ctx)
+    RUNNERS[spec.base_name(ctx.workload.name)](ctx)
 
 
 def _texts_dataset(ctx):
     from datasets import Dataset
 
-    return Dataset.from_dict({"text": ctx.data["texts"]})
+    return Dataset.from_dict({"text": ctx.texts()})
 
 
 def _sft(ctx, packing: bool) -> None:
@@ -57,11 +57,16 @@ def run_reward(ctx) -> None:
 
     from rlft import RewardConfig, RewardTrainer
 
-    tok, pairs = ctx.tokenizer, ctx.data["pairs"]
+    tok = ctx.tokenizer
     rows = {k: [] for k in ("input_ids_chosen", "attention_mask_chosen", "input_ids_rejected", "attention_mask_rejected")}
-    for prompt, chosen, rejected in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]):
-        for side, text in (("chosen", chosen), ("rejected", rejected)):
-            ids = tok(prompt + text + tok.eos_token)["input_ids"]  # as TRL's reward tokenisation
+    if ctx.workload.data == "long":  # pre-tokenised by the user, as TRL 0.7's reward example does
+        sides = zip(ctx.data["pairs_long_ids"]["chosen_ids"], ctx.data["pairs_long_ids"]["rejected_ids"])
+    else:
+        pairs = ctx.data["pairs"]
+        sides = ((tok(p + c + tok.eos_token)["input_ids"], tok(p + r + tok.eos_token)["input_ids"])  # as TRL's reward tokenisation
+                 for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]))
+    for chosen, rejected in sides:
+        for side, ids in (("chosen", chosen), ("rejected", rejected)):
             rows[f"input_ids_{side}"].append(ids)
             rows[f"attention_mask_{side}"].append([1] * len(ids))
     with tempfile.TemporaryDirectory() as out:
@@ -84,8 +89,8 @@ def run_dpo(ctx) -> None:
         trainer = DPOTrainer(
             model=ctx.model(), ref_model=ctx.model(), beta=spec.DPO_BETA, loss_type="sigmoid",
             args=ctx.training_arguments(TrainingArguments, out, remove_unused_columns=False),
-            train_dataset=Dataset.from_dict(ctx.data["pairs"]), processing_class=ctx.tokenizer,
-            max_length=spec.DPO_MAX_LENGTH, max_prompt_length=spec.DPO_MAX_PROMPT_LENGTH, callbacks=[ctx.trainer_callback()],
+            train_dataset=Dataset.from_dict(ctx.pairs()), processing_class=ctx.tokenizer,
+            max_length=ctx.workload.max_length, max_prompt_length=spec.DPO_MAX_PROMPT_LENGTH, callbacks=[ctx.trainer_callback()],
         )
         ctx.watch(trainer)
         trainer.train()

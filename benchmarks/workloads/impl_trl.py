@@ -21,7 +21,7 @@ def library_version() -> str:
 
 
 def run(ctx) -> None:
-    RUNNERS[ctx.workload.name](ctx)
+    RUNNERS[spec.base_name(ctx.workload.name)](ctx)
 
 
 def _sft(ctx, packing: bool) -> None:
@@ -31,7 +31,7 @@ def _sft(ctx, packing: bool) -> None:
     with tempfile.TemporaryDirectory() as out:
         args = ctx.training_arguments(SFTConfig, out, max_length=ctx.workload.max_length, packing=packing,
                                       dataset_text_field="text")
-        trainer = SFTTrainer(model=ctx.model(), args=args, train_dataset=Dataset.from_dict({"text": ctx.data["texts"]}),
+        trainer = SFTTrainer(model=ctx.model(), args=args, train_dataset=Dataset.from_dict({"text": ctx.texts()}),
                              processing_class=ctx.tokenizer, callbacks=[ctx.trainer_callback()])
         ctx.watch(trainer)
         trainer.train()
@@ -49,9 +49,14 @@ def run_reward(ctx) -> None:
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
+    if ctx.workload.data == "long":  # the same pre-tokenised pairs, in this TRL's column names
+        ids = ctx.data["pairs_long_ids"]
+        data = {"chosen_ids": ids["chosen_ids"], "rejected_ids": ids["rejected_ids"]}
+    else:
+        data = ctx.data["pairs"]
     with tempfile.TemporaryDirectory() as out:
         args = ctx.training_arguments(RewardConfig, out, max_length=ctx.workload.max_length)
-        trainer = RewardTrainer(model=ctx.model(), args=args, train_dataset=Dataset.from_dict(ctx.data["pairs"]),
+        trainer = RewardTrainer(model=ctx.model(), args=args, train_dataset=Dataset.from_dict(data),
                                 processing_class=ctx.tokenizer, callbacks=[ctx.trainer_callback()])
         ctx.watch(trainer)
         trainer.train()
@@ -62,8 +67,8 @@ def run_dpo(ctx) -> None:
     from trl import DPOConfig, DPOTrainer
 
     with tempfile.TemporaryDirectory() as out:
-        args = ctx.training_arguments(DPOConfig, out, beta=spec.DPO_BETA, max_length=spec.DPO_MAX_LENGTH)
-        trainer = DPOTrainer(model=ctx.model(), ref_model=ctx.model(), args=args, train_dataset=Dataset.from_dict(ctx.data["pairs"]),
+        args = ctx.training_arguments(DPOConfig, out, beta=spec.DPO_BETA, max_length=ctx.workload.max_length)
+        trainer = DPOTrainer(model=ctx.model(), ref_model=ctx.model(), args=args, train_dataset=Dataset.from_dict(ctx.pairs()),
                              processing_class=ctx.tokenizer, callbacks=[ctx.trainer_callback()])
         ctx.watch(trainer)
         trainer.train()

@@ -27,6 +27,14 @@ class Workload:
     flops_per_param_token: int | None = 6
     models: int = 1  # fixture models the implementation takes (loaded before memory is measured)
     model: str = "fixture"  # "fixture" (the tiny --arch model) or "smollm2" (the real asset)
+    #: Trainer workloads' data: "short" (the fixtures' texts and pairs) or "long" (the second shape:
+    #: pre-tokenised pairs of a 16-64 token prompt and 24-160 token answers, `fixtures._long_pairs`).
+    data: str = "short"
+    #: Trainer workloads: False pins gradient checkpointing off on both sides (same arithmetic);
+    #: True leaves it at each library's documented default (rlft: TRL 0.7.10's, TRL: its own).
+    #: Precision stays fp32 on CPU either way (TRL's configs would default to bf16 autocast).
+    documented_defaults: bool = False
+    arch: str | None = None  # a fixture architecture this workload always uses (None: compare.py's --arch)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,14 +105,49 @@ def bon_scores(texts: list[str]) -> list[float]:
     return [sum(c in "aeiou" for c in t) / max(len(t), 1) for t in texts]
 
 
+LONG_SHAPE = "second data shape: pre-tokenised 16-64 token prompt + 24-160 token answers (uniform), no EOS"
+DEFAULTS = "documented defaults (gradient checkpointing as each library documents; fp32 on CPU)"
+
+
+def base_name(name: str) -> str:
+    """The runner a workload uses: ``reward_long_defaults`` -> ``reward``, ``reward_tiny_long`` -> ``reward``."""
+    for suffix in ("_long_defaults", "_defaults", "_long"):
+        if name.endswith(suffix) and name[: -len(suffix)] in _TRAINER_BASES:
+            name = name[: -len(suffix)]
+            break
+    return "reward" if name == "reward_tiny" else name
+
+
+_TRAINER_BASES = ("sft_padded", "sft_packed", "reward", "reward_tiny", "dpo")
+
+
+def _trainer_rows(base: Workload) -> tuple[Workload, ...]:
+    """A Trainer workload, the same at the documented defaults, and on the second data shape (both settings):
+    ``<name>``, ``<name>_defaults``, ``<name>_long``, ``<name>_long_defaults``."""
+    from dataclasses import replace
+
+    # the long shape's sequences reach 64 + 160 tokens: every workload gets the 256-token limit there
+    long = replace(base, name=f"{base.name}_long", description=f"{base.description}; {LONG_SHAPE}", data="long", max_length=256)
+    return tuple(
+        replace(w, name=f"{w.name}{suffix}", description=f"{w.description}{note}", documented_defaults=on)
+        for w in (base, long)
+        for suffix, note, on in (("", "", False), ("_defaults", f"; {DEFAULTS}", True))
+    )
+
+
 WORKLOADS = {
     w.name: w
     for w in (
-        Workload("sft_padded", "SFT, mixed-length texts padded per batch, 8 x <=256 tokens", "trl-latest", 8, 2, 8),
-        Workload("sft_packed", "SFT, texts packed into 256-token sequences, batch 4", "trl-latest", 4, 2, 8),
-        Workload("reward", "reward model (1-logit head), 8 preference pairs per step", "trl-latest", 8, 2, 10, model_kind="seqcls"),
-        Workload("dpo", "DPO sigmoid, frozen reference copy, 8 pairs per step", "trl-latest", 8, 2, 10, max_length=DPO_MAX_LENGTH,
-                 flops_per_param_token=8, models=2),
+        *_trainer_rows(Workload("sft_padded", "SFT, mixed-length texts padded per batch, 8 x <=256 tokens", "trl-latest", 8, 2, 8)),
+        *_trainer_rows(Workload("sft_packed", "SFT, texts packed into 256-token sequences, batch 4", "trl-latest", 4, 2, 8)),
+        *_trainer_rows(Workload("reward", "reward model (1-logit head), 8 preference pairs per step", "trl-latest", 8, 2, 10,
+                                model_kind="seqcls")),
+        # The issue-22 shape: the second data shape on the tiny GPT-2 of rlft.testing.tiny, where a
+        # step's fixed costs (collation, per-batch Python, small ops) weigh as much as its matmuls.
+        *_trainer_rows(Workload("reward_tiny", "reward model on the tiny GPT-2 (d=64, 2 blocks), 8 preference pairs per step",
+                                "trl-latest", 8, 3, 30, model_kind="seqcls", arch="gpt2-tiny"))[2:],
+        *_trainer_rows(Workload("dpo", "DPO sigmoid, frozen reference copy, 8 pairs per step", "trl-latest", 8, 2, 10,
+                                max_length=DPO_MAX_LENGTH, flops_per_param_token=8, models=2)),
         Workload(
             "ppo", f"PPO generate + step: {PPO_PROMPTS} prompts, {PPO_NEW_TOKENS} new tokens, mini-batch {PPO_MINI_BATCH}, "
             f"{PPO_EPOCHS} epochs, value head, reference copy", "trl-0.11.4", PPO_PROMPTS, 1, 4, flops_per_param_token=None,

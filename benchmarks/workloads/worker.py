@@ -168,18 +168,28 @@ class Context:
         import torch
 
         w = self.workload
+        if not w.documented_defaults:
+            # Same compute/memory trade-off on both sides (TRL's configs default to checkpointing on,
+            # rlft's RewardConfig too, as TRL 0.7.10's); at this size recomputation buys nothing.
+            # The *_defaults workloads leave it to each library's documented default instead.
+            extra.setdefault("gradient_checkpointing", False)
         return cls(
             output_dir=output_dir, per_device_train_batch_size=w.batch_size, max_steps=w.warmup + w.steps,
             learning_rate=spec.LEARNING_RATE, logging_steps=10**6, save_strategy="no", report_to="none",
             use_cpu=not torch.cuda.is_available(), seed=fixtures.SEED, data_seed=fixtures.SEED, disable_tqdm=True,
             dataloader_num_workers=0,
-            # Same compute/memory trade-off on both sides (TRL's configs default to checkpointing on,
-            # rlft's RewardConfig too, as TRL 0.7.10's); at this size recomputation buys nothing.
-            gradient_checkpointing=False,
             # Same precision on both sides: TRL's configs default to bf16 autocast even on CPU, rlft's
             # (transformers') to fp32. fp32 on CPU unless --bf16; bf16 autocast on CUDA.
             bf16=self.device == "cuda" or self.bf16, **extra,
         )
+
+    def pairs(self) -> dict:
+        """The workload's preference pairs as texts: prompt / chosen / rejected (answers without the prompt)."""
+        return self.data["pairs_long"] if self.workload.data == "long" else self.data["pairs"]
+
+    def texts(self) -> list[str]:
+        """The workload's SFT documents."""
+        return self.data["texts_long"] if self.workload.data == "long" else self.data["texts"]
 
 
 def _region(marks: list[dict], first: int, last: int, ncpu: int, hz: int, flops_per_token: float | None) -> dict:
@@ -236,6 +246,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--profile", action="store_true", help="torch.profiler over the timed steps (slows them)")
+    parser.add_argument("--cprofile", default=None, metavar="FILE",
+                        help="cProfile the timed steps (Python-level: collation, trainer loop) into FILE (pstats)")
     parser.add_argument("--bf16", action="store_true", help="Trainer workloads under bf16 autocast on CPU too")
     parser.add_argument("--peak", action="store_true", help="also measure the matmul peak in this process")
     opts = parser.parse_args(argv)
@@ -257,7 +269,7 @@ def main(argv=None) -> dict:
         from workloads import impl_trl as impl
     import transformers
 
-    ctx = Context(opts.fixtures, opts.arch, workload, device, bf16=opts.bf16)
+    ctx = Context(opts.fixtures, workload.arch or opts.arch, workload, device, bf16=opts.bf16)
     prof = None
     if opts.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -271,6 +283,19 @@ def main(argv=None) -> dict:
                 prof.stop()
 
         ctx.on_mark = on_mark
+    if opts.cprofile:
+        import cProfile
+
+        cprof = cProfile.Profile()
+
+        def on_mark_c(n):
+            if n == workload.warmup:
+                cprof.enable()
+            elif n == workload.warmup + workload.steps:
+                cprof.disable()
+                cprof.dump_stats(opts.cprofile)
+
+        ctx.on_mark = on_mark_c
     ctx.preload()
     gc.collect()
     measure.malloc_trim()
@@ -292,7 +317,7 @@ def main(argv=None) -> dict:
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "workload": opts.workload,
-        "arch": opts.arch,
+        "arch": ctx.arch,
         "device": device,
         "threads": opts.threads,
         "n_matmul_params": ctx.n_params,
