@@ -204,6 +204,10 @@ class PPOConfig:
     """When a step makes one update from one forward of the whole batch (ppo_epochs=1 and mini_batch_size >=
     batch_size), the rollout's log-probs and values come from that forward (run with gradients) instead of a
     separate no-grad forward: one policy forward less per step, and the ratio is exactly 1. False: recompute."""
+    cliprange_high: Optional[float] = None
+    """Upper clip range of the policy ratio (DAPO's clip-higher: ratio clipped to [1 - cliprange,
+    1 + cliprange_high]). None: symmetric, ``cliprange``."""
+
     rollout_logprobs: Optional[Literal["recompute", "generation"]] = None
     """Where the rollout's policy log-probs and values come from. "recompute": a no-grad forward of the policy
     over the batch in `step` (TRL 0.7). "generation": recorded by `PPOTrainer.generate` while it samples, from
@@ -212,9 +216,6 @@ class PPOConfig:
     ones `generate` returned since the last update (anything else is recomputed), and then forwards only the
     reference (nothing, with no KL in the reward or the loss). Both agree within `ROLLOUT_LOGPROBS_ATOL`.
     None: "recompute" for gae, "generation" for the critic-free estimators. See docs/ppo_performance.md."""
-    cliprange_high: Optional[float] = None
-    """Upper clip range of the policy ratio (DAPO's clip-higher: ratio clipped to [1 - cliprange,
-    1 + cliprange_high]). None: symmetric, ``cliprange``."""
 
     def __post_init__(self) -> None:
         # Old spellings first, so the checks below see the real values.
