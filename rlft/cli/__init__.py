@@ -131,7 +131,8 @@ def _dispatch(name: str, argv: list[str]) -> int:
               f"  (set {TRACEBACK_ENV}=1 to see where it happened)", file=sys.stderr)
         return 1
     if isinstance(summary, dict):
-        _print_summary(name, summary)
+        if _is_main_process():
+            _print_summary(name, summary)
         return int(summary.get("exit_code", 0))
     return 0
 
@@ -139,7 +140,7 @@ def _dispatch(name: str, argv: list[str]) -> int:
 def _remove_unstarted_run(output_dir: str | None, existed: bool) -> None:
     """Remove a run directory this command created and failed in before training logged anything
     (no metrics, no checkpoint), so the same command can be rerun without --overwrite."""
-    if output_dir is None or existed:
+    if output_dir is None or existed or not _is_main_process():  # the main process owns the run directory
         return
     path = Path(output_dir)
     checkpoints = path / "checkpoints"
@@ -147,6 +148,12 @@ def _remove_unstarted_run(output_dir: str | None, existed: bool) -> None:
     started = (checkpoints.is_dir() and any(checkpoints.iterdir())) or (metrics.is_file() and metrics.stat().st_size > 0)
     if path.is_dir() and not started:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_main_process() -> bool:
+    from ._shard import is_main_process
+
+    return is_main_process()
 
 
 def _quiet_known_noise() -> None:

@@ -215,6 +215,8 @@ def build_parser(command: str, dataclass_types: Sequence[type], description: str
         if action.type is dict:
             action.type = _json_value
             action.metavar = "JSON"
+        if action.dest == "fsdp" and action.option_strings:  # --fsdp alone: full_shard (FSDP2)
+            action.nargs, action.const, action.metavar = "?", "full_shard", "WORDS"
     parser.add_argument(
         "--config", metavar="FILE", default=None,
         help="A YAML or JSON file of option values (keys as the option names); flags given on the command line win.",
@@ -365,6 +367,9 @@ def parse_command(
     namespace, unknown = parser.parse_known_args(argv)
     _reject_unknown(parser, unknown)
     values = vars(namespace)
+    from ._shard import normalize_options
+
+    normalize_options(values)  # --fsdp / --deepspeed / --accelerate_config: checked and resolved (rlft/cli/_shard.py)
     try:
         objs = tuple(
             dtype(**{f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in values})

@@ -56,16 +56,18 @@ def text_prompts(texts: Sequence[str], tokenizer, n_tokens: int) -> list[str]:
     return prompts
 
 
-def lm_samples(run_dir, name: str, model, tokenizer, prompts: list[str], args, seed: int, resume: bool = False) -> list[dict]:
+def lm_samples(run_dir, name: str, model, tokenizer, prompts: list[str], args, seed: int, resume: bool = False,
+               accelerator=None) -> list[dict]:
     """Generate continuations of ``prompts`` and save them as samples/<name>.jsonl.
 
     With ``resume`` an existing file is kept (the "before" samples belong to the untrained model).
+    Pass the trainer's ``accelerator`` once ``model`` may be sharded (every process then generates).
     """
     if not prompts:
         return []
     if resume and run_dir.read_samples(name):
         return run_dir.read_samples(name)
-    texts = generate_texts(model, tokenizer, prompts, args.sample_max_new_tokens, seed)
+    texts = generate_texts(model, tokenizer, prompts, args.sample_max_new_tokens, seed, accelerator=accelerator)
     rows = [{"prompt": p, "completion": t} for p, t in zip(prompts, texts)]
     run_dir.save_samples(name, rows)
     return rows

@@ -43,8 +43,26 @@ def tiny_model_folder(name: str) -> str:
     folder = Path(tempfile.mkdtemp(prefix=f"rlft-{name}-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)  # rebuilt identically (fixed seeds) when needed again
     tokenizer = tiny.build_tokenizer(folder)
-    tiny.build_model(arch, tokenizer, save_dir=folder)
+    _save_here(tiny.build_model(arch, tokenizer), folder)
     return str(folder)
+
+
+def _save_here(model, folder: Path) -> None:
+    """``model.save_pretrained(folder)`` by this process, also in a multi-process run.
+
+    Once torch.distributed is initialized, transformers 5 writes the weights on rank 0 only; each
+    process builds its tiny model in its own temporary folder, so each writes its own files here.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        model.save_pretrained(str(folder))
+        return
+    from safetensors.torch import save_model
+
+    model.config.save_pretrained(str(folder))
+    model.generation_config.save_pretrained(str(folder))
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})  # a tied head is stored once
 
 
 #: What marks a folder as a model written by save_pretrained: a full model, or a peft adapter.
@@ -446,9 +464,18 @@ def _label_index(config, label: str | None, folder: str) -> int:
 
 
 # ====================================================================== generation
-def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int, batch_size: int = 8) -> list[str]:
-    """Sampled continuations (text after the prompt) of ``prompts`` under a fixed seed, not touching the global RNG."""
+def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int, batch_size: int = 8,
+                   accelerator=None) -> list[str]:
+    """Sampled continuations (text after the prompt) of ``prompts`` under a fixed seed, not touching the global RNG.
+
+    With the trainer's ``accelerator``, a sharded model (FSDP2, ZeRO-3) is gathered once for the call
+    (`rlft.trainer._sharding.gathered_parameters`); every process must then call this.
+    """
+    import contextlib
+
     import torch
+
+    from ..trainer._sharding import gathered_parameters
 
     from ..utils.sampling_generate import generate as sampling_generate
 
@@ -461,7 +488,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     model_to_use.eval()
     out: list[str] = []
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        gathered = gathered_parameters(model, accelerator) if accelerator is not None else contextlib.nullcontext()
+        with gathered, torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
             for start in range(0, len(prompts), batch_size):
                 enc = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True).to(device)

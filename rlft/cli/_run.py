@@ -13,6 +13,7 @@ from .. import __version__
 from ..reporting import RunDir, TrainingProgress
 from ..reporting.report import Section, write_report
 from ._args import CLIError
+from ._shard import is_main_process
 
 #: Exit status of a run stopped by Ctrl-C after saving (the shell convention for SIGINT).
 EXIT_INTERRUPTED = 130
@@ -99,11 +100,15 @@ def open_run(output_dir: str, options: RunOptions, command: str, config: dict) -
     """Create (or, with --resume, reopen) the run directory and write config.yaml."""
     if options.resume and not (Path(output_dir) / "config.yaml").is_file():
         raise CLIError(f"--resume: {output_dir} is not a run directory (no config.yaml).")
+    if not is_main_process():  # the main process checks, creates and writes the run directory
+        return _FollowerRunDir(output_dir, resume=options.resume)
     try:
         run = RunDir(output_dir, resume=options.resume, overwrite=options.overwrite)
     except (FileExistsError, NotADirectoryError, ValueError) as err:
         raise CLIError(str(err)) from None
     saved = dict(config)
+    if saved.get("accelerate_config"):  # its settings are saved resolved (fsdp / fsdp_config / deepspeed)
+        saved["accelerate_config"] = None
     saved["resume"] = False  # the file describes the run; --resume is how it was (re)started
     saved["overwrite"] = False
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
@@ -111,8 +116,35 @@ def open_run(output_dir: str, options: RunOptions, command: str, config: dict) -
     return run
 
 
+class _FollowerRunDir(RunDir):
+    """The run directory seen from a non-main process of a multi-process run: it reads the files the main
+    process writes and writes nothing itself (checkpoints are the trainers' business, on every process)."""
+
+    def __init__(self, path, resume: bool = False):  # no folder checks: the main process makes them
+        self.path = Path(path).expanduser()
+        self.resumed = resume
+
+    def save_config(self, obj, name=None, header=None):
+        return self.path / (name or "config.yaml")
+
+    def log_metrics(self, step, metrics):
+        return {"step": step, **metrics}
+
+    def truncate_metrics(self, last_step):
+        return 0
+
+    def save_samples(self, name, rows):
+        return self._samples_file(name, create=False)
+
+    append_samples = save_samples
+
+    def write_model_card(self, title, body_markdown, tags=()):
+        return self.path / "README.md"
+
+
 def progress(total: int | None, command: str, keys: Sequence[str] | dict, unit: str = "step", initial: int = 0) -> TrainingProgress:
-    return TrainingProgress(total, desc=f"rlft {command}", keys=keys, unit=unit, initial=initial)
+    return TrainingProgress(total, desc=f"rlft {command}", keys=keys, unit=unit, initial=initial,
+                            disable=None if is_main_process() else True)  # one bar per run, not one per process
 
 
 # ====================================================================== transformers.Trainer glue
@@ -264,8 +296,10 @@ class Finish:
 
 
 def finish_run(run: RunDir, finish: Finish, draw_plots: bool = True) -> dict:
-    """Draw the plots, write report.md/.html and the model card; returns the paths written."""
+    """Draw the plots, write report.md/.html and the model card; returns the paths written (none on a non-main process)."""
     written: dict[str, Any] = {}
+    if isinstance(run, _FollowerRunDir):
+        return written
     records = run.read_metrics()
     images = []
     if draw_plots:

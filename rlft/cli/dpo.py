@@ -9,6 +9,7 @@ from typing import Optional
 
 from ._args import merged_config, options_from_signature
 from ._lora import LoraOptions, lora_config
+from ._shard import ShardingOptions, announce, check_launch, requested
 from ._run import Finish, Plot, TrainEvalOptions, finish_run, open_run, run_result, train_hf, trainer_summary, trend
 
 DESCRIPTION = "Direct preference optimisation (DPOTrainer) of a language model on prompt/chosen/rejected triples."
@@ -31,7 +32,7 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class DPOScriptArguments(TrainEvalOptions, LoraOptions):
+class DPOScriptArguments(TrainEvalOptions, LoraOptions, ShardingOptions):
     """Where the model, the reference and the preference data come from (the run directory is --output_dir)."""
 
     model_name_or_path: Optional[str] = None
@@ -66,6 +67,7 @@ def run(args: DPOScriptArguments, options, training_args) -> dict:
     from ..trainer.dpo_trainer import DPOTrainer
     from . import _data, _load
 
+    check_launch("dpo", requested(training_args.fsdp, training_args.deepspeed))
     model_path = _load.model_folder(args.model_name_or_path)
     ref_path = _load.model_folder(args.ref_model_name_or_path, "--ref_model_name_or_path") if args.ref_model_name_or_path else None
     tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path)
@@ -81,11 +83,12 @@ def run(args: DPOScriptArguments, options, training_args) -> dict:
         train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
         peft_config=lora_config(args, "SEQ_2_SEQ_LM" if _load.is_encoder_decoder(model_path) else "CAUSAL_LM", model_path), **kwargs,
     )
+    announce("dpo", trainer.accelerator, requested(training_args.fsdp, training_args.deepspeed))
     prompts = [str(p) for p in train["prompt"][: args.num_samples]]
     before = _data.lm_samples(run_dir, "before", trainer.model, tokenizer, prompts, args, training_args.seed, resume=args.resume)
 
     interrupted = train_hf(trainer, run_dir, args, "dpo", BAR_KEYS)
-    after = _data.lm_samples(run_dir, "after", trainer.model, tokenizer, prompts, args, training_args.seed)
+    after = _data.lm_samples(run_dir, "after", trainer.model, tokenizer, prompts, args, training_args.seed, accelerator=trainer.accelerator)
     records = run_dir.read_metrics()
     summary = trainer_summary(
         f"DPO (loss `{options.loss_type}`, beta {options.beta}) of `{args.model_name_or_path}` on the triples of `{args.dataset}`.",

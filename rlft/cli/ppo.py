@@ -7,6 +7,7 @@ from ``(seed, s)`` only, so a resumed run continues exactly where a checkpoint l
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import warnings
@@ -15,6 +16,7 @@ from typing import Literal, Optional
 
 from ._args import CLIError, merged_config
 from ._lora import LoraOptions, lora_config
+from ._shard import PPOShardingOptions, announce, check_launch, ppo_accelerator_kwargs, requested, world_size
 from ._run import (
     Finish, Plot, PromptRewardOptions, config_table, model_loading_note, done_line, finish_run, fmt, mean_of, open_run, progress, run_result, trend,
 )
@@ -23,6 +25,8 @@ DESCRIPTION = "Fine-tune a causal (or seq2seq) language model with PPO against a
 
 #: Mixed into per-step seeds so step s of seed a differs from step 0 of seed a + s.
 _STEP_SEED_STRIDE = 1_000_003
+#: Mixed into the generation seed of process ``rank`` of a multi-process run (process 0 keeps the step seed).
+_RANK_SEED_STRIDE = 7919
 #: Metrics shown on the progress bar.
 BAR_KEYS = {"reward": "env/reward_mean", "kl": "objective/kl", "loss": "ppo/loss/total"}
 PLOTS = [
@@ -41,7 +45,7 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class PPOScriptArguments(PromptRewardOptions, LoraOptions):
+class PPOScriptArguments(PromptRewardOptions, LoraOptions, PPOShardingOptions):
     """Where the model, prompts and reward come from, how responses are generated, and where the run goes."""
 
     output_dir: Optional[str] = None
@@ -83,11 +87,13 @@ def run(args: PPOScriptArguments, config) -> dict:
     from . import _load
 
     _check(args)
+    check_launch("ppo", requested(args.fsdp, args.deepspeed))
     # -- inputs: model, tokenizer, prompts, reward
     model_path = _load.model_folder(args.model_name_or_path)
     tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path)
     prompts = _load.load_prompts(args)
     k = config.num_generations  # samples per prompt (the groups of grpo / dr_grpo / rloo)
+    processes, rank = world_size(), int(os.environ.get("RANK", "0"))  # batch_size is per process (PPOConfig)
     if len(prompts) < config.batch_size // k:
         raise CLIError(f"{len(prompts)} prompts but --batch_size {config.batch_size} needs {config.batch_size // k} "
                        f"({k} samples each); lower batch_size or add prompts.")
@@ -103,9 +109,12 @@ def run(args: PPOScriptArguments, config) -> dict:
     set_seed(config.seed)  # a new value head is initialised at random: the same one for the same seed
     peft_config = lora_config(args, "SEQ_2_SEQ_LM" if enc_dec else "CAUSAL_LM", model_path)
     model = wrapper.from_pretrained(model_path, **({"peft_config": peft_config} if peft_config is not None else {}))
+    # --fsdp / --deepspeed: accelerate's plugins (after config.yaml was written: they are objects, not settings)
+    config.accelerator_kwargs = {**config.accelerator_kwargs, **ppo_accelerator_kwargs(args, model)}
     with warnings.catch_warnings():  # one value-head model serves every estimator; critic-free ones leave its head alone
         warnings.filterwarnings("ignore", message=".*needs no critic: the model's value head is not trained", category=UserWarning)
         trainer = PPOTrainer(config, model, None, tokenizer, num_shared_layers=args.num_shared_layers)
+    announce("ppo", trainer.accelerator, requested(args.fsdp, args.deepspeed))
 
     # -- resume, or record the untrained model's samples
     sample_prompts = prompts[: args.num_samples]
@@ -124,11 +133,11 @@ def run(args: PPOScriptArguments, config) -> dict:
     with graceful_interrupt() as stop, progress(config.steps, "ppo", BAR_KEYS, initial=trainer.current_step) as bar:
         while trainer.current_step < config.steps and not stop.stop:
             step_seed = config.seed * _STEP_SEED_STRIDE + trainer.current_step
-            picked = random.Random(step_seed).sample(range(len(queries)), config.batch_size // k)
+            picked = _pick_prompts(len(queries), config.batch_size // k, step_seed, rank, processes)
             distinct = [queries[i] for i in picked]
             batch_queries = [q for q in distinct for _ in range(k)]  # query i's k samples are consecutive
             t0 = time.time()
-            set_seed(step_seed)  # generation and the minibatch order (torch, numpy, random) of this step
+            set_seed(step_seed + rank * _RANK_SEED_STRIDE)  # generation and the minibatch order (torch, numpy, random) of this step
             responses = trainer.generate(
                 distinct, return_prompt=False, length_sampler=length_sampler, num_return_sequences=k,
                 batch_size=max(1, args.generation_batch_size // k), **gen_kwargs,
@@ -185,6 +194,15 @@ def _check(args: PPOScriptArguments) -> None:
                        "(with LoRA the reference is the model with its adapter switched off).")
 
 
+def _pick_prompts(n_prompts: int, per_process: int, step_seed: int, rank: int, processes: int) -> list[int]:
+    """This process's prompts of a step: its slice of one draw for all processes (distinct prompts across
+    processes while there are enough), from ``(step_seed, rank)`` only. One process: the draw itself."""
+    if per_process * processes <= n_prompts:
+        order = random.Random(step_seed).sample(range(n_prompts), per_process * processes)
+        return order[rank * per_process:(rank + 1) * per_process]
+    return random.Random(step_seed * _RANK_SEED_STRIDE + rank).sample(range(n_prompts), per_process)
+
+
 def _tokenize_prompts(prompts, tokenizer, args, seed):
     import torch
 
@@ -204,7 +222,7 @@ def _tokenize_prompts(prompts, tokenizer, args, seed):
 def _samples(trainer, tokenizer, prompts, reward_fn, args, seed) -> list[dict]:
     from ._load import generate_texts
 
-    responses = generate_texts(trainer.model, tokenizer, prompts, args.sample_max_new_tokens, seed)
+    responses = generate_texts(trainer.model, tokenizer, prompts, args.sample_max_new_tokens, seed, accelerator=trainer.accelerator)
     scored = responses if args.reward_text == "response" else [p + r for p, r in zip(prompts, responses)]
     return [{"prompt": p, "response": r, "reward": s} for p, r, s in zip(prompts, responses, reward_fn(scored))]
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 from ._args import merged_config
 from ._lora import LoraOptions, lora_config
+from ._shard import ShardingOptions, announce, check_launch, requested
 from ._run import Finish, Plot, TrainEvalOptions, finish_run, open_run, run_result, train_hf, trainer_summary, trend
 
 DESCRIPTION = "Train a reward model (RewardTrainer) on pairs of chosen and rejected texts."
@@ -25,7 +26,7 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class RewardScriptArguments(TrainEvalOptions, LoraOptions):
+class RewardScriptArguments(TrainEvalOptions, LoraOptions, ShardingOptions):
     """Where the model and the preference pairs come from (the run directory is --output_dir)."""
 
     model_name_or_path: Optional[str] = None
@@ -56,6 +57,7 @@ def run(args: RewardScriptArguments, config) -> dict:
     from ..trainer.reward_trainer import RewardTrainer
     from . import _data, _load
 
+    check_launch("reward", requested(config.fsdp, config.deepspeed))
     model_path = _load.model_folder(args.model_name_or_path)
     tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path, padding_side="right")
     train, evaluation = _data.train_eval(args, kind="preference")
@@ -79,6 +81,7 @@ def run(args: RewardScriptArguments, config) -> dict:
     eval_tok = evaluation.map(tokenize, remove_columns=evaluation.column_names) if evaluation is not None else None
     trainer = RewardTrainer(model=model, args=_data.run_training_args(config, run_dir, eval_tok), train_dataset=train_tok,
                             eval_dataset=eval_tok, processing_class=tokenizer, peft_config=lora_config(args, "SEQ_CLS", model_path))
+    announce("reward", trainer.accelerator, requested(config.fsdp, config.deepspeed))
 
     before = _pair_scores(run_dir, "before", trainer.model, tokenizer, sample_pairs, args, resume=args.resume)
     interrupted = train_hf(trainer, run_dir, args, "reward", BAR_KEYS)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 from ._args import merged_config, options_from_signature
 from ._lora import LoraOptions, lora_config
+from ._shard import ShardingOptions, announce, check_launch, requested
 from ._run import Finish, Plot, TrainEvalOptions, finish_run, fmt, mean_of, open_run, run_result, train_hf, trainer_summary
 
 DESCRIPTION = "Supervised fine-tuning (SFTTrainer) of a causal language model on a text dataset."
@@ -26,7 +27,7 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class SFTScriptArguments(TrainEvalOptions, LoraOptions):
+class SFTScriptArguments(TrainEvalOptions, LoraOptions, ShardingOptions):
     """Where the model and the data come from (the run directory is --output_dir)."""
 
     sample_prompt_tokens: int = 8
@@ -56,6 +57,7 @@ def run(args: SFTScriptArguments, options, training_args) -> dict:
     from ..trainer.sft_trainer import SFTTrainer
     from . import _data, _load
 
+    check_launch("sft", requested(training_args.fsdp, training_args.deepspeed))
     model_path = _load.model_folder(args.model_name_or_path)
     tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path)
     train, evaluation = _data.train_eval(args, kind="text")
@@ -69,11 +71,12 @@ def run(args: SFTScriptArguments, options, training_args) -> dict:
         model=_load.load_lm(model_path, tokenizer), args=_data.run_training_args(training_args, run_dir, evaluation), train_dataset=train,
         eval_dataset=evaluation, processing_class=tokenizer, peft_config=lora_config(args, "CAUSAL_LM", model_path), **kwargs,
     )
+    announce("sft", trainer.accelerator, requested(training_args.fsdp, training_args.deepspeed))
     prompts = _data.text_prompts(train[text_field][: args.num_samples], tokenizer, args.sample_prompt_tokens)
     before = _data.lm_samples(run_dir, "before", trainer.model, tokenizer, prompts, args, training_args.seed, resume=args.resume)
 
     interrupted = train_hf(trainer, run_dir, args, "sft", BAR_KEYS, count_tokens=True)
-    after = _data.lm_samples(run_dir, "after", trainer.model, tokenizer, prompts, args, training_args.seed)
+    after = _data.lm_samples(run_dir, "after", trainer.model, tokenizer, prompts, args, training_args.seed, accelerator=trainer.accelerator)
     records = run_dir.read_metrics()
     summary = trainer_summary(
         f"Supervised fine-tuning of `{args.model_name_or_path}` on the `{text_field}` column of `{args.dataset}`.",

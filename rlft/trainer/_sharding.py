@@ -14,6 +14,8 @@ here, once for every trainer (docs/distributed.md says what was tested):
 - `create_reference`: the reference copy, loaded again under ZeRO-3 (a copy of a partitioned model is empty).
 - `fill_deepspeed_config`: DeepSpeed's "auto" batch sizes and gradient clipping from PPO's settings.
 - `module_state_dict`: torch's own ``state_dict`` keys while accelerate writes or reads FSDP checkpoints.
+- `full_state_dict` / `save_pretrained`: a ``from_pretrained`` folder from a sharded model (gathered on
+  every process, written by the main one).
 - `sharding_summary`: one line naming the sharding in use (for the CLI and logs).
 """
 
@@ -163,6 +165,66 @@ def module_state_dict(model: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         del model.state_dict
+
+
+def full_state_dict(model: torch.nn.Module, accelerator) -> dict | None:
+    """The full (unsharded) ``model.state_dict()`` on CPU, on every process; None when ``model`` is not sharded.
+
+    A collective under FSDP2 (each DTensor's ``full_tensor()``) and ZeRO-3 (``GatheredParameters``):
+    every process must call it, in the same order. A tensor held under two keys (GPT-2's LM head is
+    its input embedding) is gathered once and stays one tensor under both keys.
+    """
+    if fsdp2_modules(model):
+        from torch.distributed.tensor import DTensor
+
+        gathered: dict[int, torch.Tensor] = {}
+        out = {}
+        for key, value in model.state_dict().items():
+            if id(value) not in gathered:
+                full = value.full_tensor() if isinstance(value, DTensor) else value
+                gathered[id(value)] = full.detach().cpu()
+            out[key] = gathered[id(value)]
+        return out
+    if is_zero3(accelerator):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return None
+
+
+def save_pretrained(model: torch.nn.Module, accelerator, save_directory: str) -> None:
+    """``model.save_pretrained(save_directory)`` that also works when ``model`` is sharded. Call it on every process.
+
+    Under FSDP2 and ZeRO-3 a parameter read on one process alone is a collective that the others
+    never join (FSDP2's DTensors gather when saved), so a save on the main process only hangs.
+    Here every process gathers the full state dict (`full_state_dict`), then the main process
+    writes it. A value-head wrapper writes its head from the same gathered tensors.
+    """
+    state = full_state_dict(model, accelerator)
+    if accelerator.is_main_process:
+        if state is None:
+            model.save_pretrained(save_directory)
+        else:
+            with _wrapper_state_from(model, state):
+                model.save_pretrained(save_directory, state_dict=state)
+    accelerator.wait_for_everyone()  # the folder is complete when any process returns
+
+
+@contextlib.contextmanager
+def _wrapper_state_from(model: torch.nn.Module, state: dict) -> Iterator[None]:
+    """Inside the block, a value-head wrapper's ``wrapper_state_dict()`` (its head, saved beside the model)
+    comes from ``state`` instead of its own (sharded) parameters."""
+    modules = getattr(model, "supported_modules", None)
+    if modules is None or "wrapper_state_dict" in vars(model):
+        yield
+        return
+    prefixes = tuple(f"{name}." for name in modules)
+    model.wrapper_state_dict = lambda: {k: v.contiguous() for k, v in state.items() if k.startswith(prefixes)}
+    try:
+        yield
+    finally:
+        del model.wrapper_state_dict
 
 
 def fill_deepspeed_config(accelerator, micro_batch_size: int, gradient_accumulation_steps: int, max_grad_norm) -> None:

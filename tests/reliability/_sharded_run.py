@@ -11,8 +11,9 @@ DCP checkpoints) as on GPUs, only over gloo.
 
 MODE "ppo": 3 PPOTrainer steps on a global batch of 8 (a NaN score on one process at step 2), then
 generation with a different number of new tokens on each process (all-gathers counted), then
-save_checkpoint. Options: "peft" (LoRA policy), "resume=CKPT" (load CKPT first, run 1 step), "zero2" /
-"zero3" (DeepSpeed ZeRO on CPU processes instead of FSDP2; no checkpoint).
+save_checkpoint and `_sharding.save_pretrained` (OUT/pretrained). Options: "peft" (LoRA policy), "resume=CKPT"
+(load CKPT first, run 1 step), "zero2" / "zero3" (DeepSpeed ZeRO on CPU processes instead of FSDP2; no
+checkpoint), "offload" (FSDP2 with CPUOffloadPolicy).
 MODE "sft" / "reward" / "dpo" / "isft": 3 optimizer steps of SFTTrainer / RewardTrainer / DPOTrainer /
 IterativeSFTTrainer with a global batch of 4 (FSDP2 through TrainingArguments' fsdp / fsdp_config).
 MODE "hang": one PPO step, then process 1 dies (option "stuck": sleeps instead); process 0 must fail
@@ -175,6 +176,8 @@ def run_ppo(model_dir: str, out: Path, *options: str) -> None:
         info["fsdp_groups"] = len(_sharding.fsdp2_modules(policy)) + len(_sharding.fsdp2_modules(trainer.ref_model or torch.nn.Module()))
         if not any(o.startswith("zero") for o in opts):  # DeepSpeed checkpoints: not covered here
             info["checkpoint"] = str(trainer.save_checkpoint(out / "run"))
+        # a from_pretrained folder from the sharded policy: gathered on every process, written by the main one
+        _sharding.save_pretrained(policy, trainer.accelerator, str(out / "pretrained"))
     if "zero3" in opts:
         info["reference_partitioned"] = any(hasattr(p, "ds_id") for p in trainer.ref_model.parameters())
     lm = getattr(policy, "pretrained_model", policy)
@@ -405,7 +408,8 @@ def main() -> None:
         _finish()
         return
     # SFT also names FSDP in its TrainingArguments (so transformers takes its FSDP paths); the plugin is the same
-    use_fsdp2_on_cpu(fsdp2_plugin(), timeout_s=FAULT_TIMEOUT_S if mode == "hang" else None)
+    plugin = fsdp2_plugin(cpu_offload="offload" in options)  # "offload": FSDP2's CPUOffloadPolicy
+    use_fsdp2_on_cpu(plugin, timeout_s=FAULT_TIMEOUT_S if mode == "hang" else None)
     {"ppo": run_ppo, "sft": run_sft, "reward": run_reward, "dpo": run_dpo, "isft": run_isft, "hang": run_hang}[mode](model_dir, out, *options)
     _finish()
 

@@ -82,6 +82,8 @@ def test_ppo_fsdp2_two_processes_match_one(model_path, tmp_path):
     assert first["generated_lengths"] == [3, 3] and second["generated_lengths"] == [9, 9]
     assert first["all_gathers_in_generate"] == second["all_gathers_in_generate"] <= two["fsdp_groups"]
 
+    assert_pretrained_is_the_trained_model(tmp_path / "two")
+
     # the sharded checkpoint (torch.distributed.checkpoint files) loads bitwise into 1 process, with a warning
     ckpt = Path(two["checkpoint"])
     assert (ckpt / "pytorch_model_fsdp_0").is_dir() and (ckpt / "optimizer_0").is_dir()
@@ -105,6 +107,48 @@ def test_ppo_fsdp2_peft_two_processes_match_one(model_path, tmp_path):
     assert diff < ATOL
     lora = [k for k in load_file(str(tmp_path / "two" / "params.safetensors")) if "lora_" in k]
     assert lora  # the adapter is in the compared parameters
+    assert_pretrained_is_the_trained_model(tmp_path / "two")  # the adapter and the head, gathered
+
+
+def assert_pretrained_is_the_trained_model(out: Path) -> None:
+    """OUT/pretrained (`_sharding.save_pretrained` of the FSDP2-sharded policy, which a main-process-only save
+    cannot write: it hangs) loads with from_pretrained into exactly the trained parameters, value head included."""
+    from rlft import AutoModelForCausalLMWithValueHead
+
+    trained = load_file(str(out / "params.safetensors"))
+    loaded = dict(AutoModelForCausalLMWithValueHead.from_pretrained(str(out / "pretrained")).named_parameters())
+    if any("lora_" in k for k in trained):  # an adapter folder: the base model's frozen weights are not in it
+        trained = {k: v for k, v in trained.items() if "lora_" in k or k.startswith("v_head.")}
+    assert trained and all(torch.equal(loaded[k], v) for k, v in trained.items())
+    assert loaded["v_head.summary.weight"].shape == trained["v_head.summary.weight"].shape
+
+
+@pytest.mark.slow
+def test_ppo_fsdp2_cpu_offload_within_a_per_process_budget(model_path, tmp_path):
+    """FSDP2 with CPUOffloadPolicy (accelerate's cpu_offload=True) trains PPO on 2 processes like one process,
+    and each process holds parameters plus Adam state within a budget that the unsharded model exceeds.
+
+    On CPU processes the "device" is the CPU, so offloading moves nothing: what this runs is FSDP2's
+    offload code path (sharded parameters and optimizer state kept on the CPU, copied to the compute
+    device for each all-gather), and the budget is tracked (bytes of each process's tensors), not enforced
+    by the operating system: a per-process RLIMIT_AS would count torch's and gloo's address-space
+    reservations (hundreds of MiB), not the model. The memory saved on GPUs is not measured here.
+    """
+    model_dir = model_path("gpt2")
+    launch("ppo", model_dir, tmp_path / "two", "offload")
+    one = single("ppo", model_dir, tmp_path / "one")
+    two = json.loads((tmp_path / "two" / "stats.json").read_text())
+    assert two["sharding"] == "FSDP2 over 2 processes + CPU offload"
+    needed = one["params_kb"] + one["optimizer_kb"]  # one process, unsharded: parameters + Adam's two moments
+    budget = 0.6 * needed
+    for process in two["per_process"]:
+        held = process["params_kb"] + process["optimizer_kb"]
+        print(f"offload: this process holds {held:.0f} KiB of parameters + optimizer state; budget {budget:.0f}; unsharded {needed:.0f}")
+        assert held <= budget < needed
+    diff = max_diff(tmp_path / "two", tmp_path / "one")
+    print(f"PPO FSDP2 + CPU offload, 2 processes: max |param difference| vs 1 process = {diff:.2e}")
+    assert diff < ATOL
+    assert_pretrained_is_the_trained_model(tmp_path / "two")
 
 
 @pytest.mark.slow
@@ -157,6 +201,7 @@ def test_ppo_deepspeed_zero_two_processes_match_one(model_path, tmp_path, stage)
     assert first["generated_lengths"] == [3, 3] and second["generated_lengths"] == [9, 9]
     if stage == 3:  # the policy was loaded partitioned (zero.Init); the reference was loaded again, partitioned too
         assert two["params_kb"] == 0 and two["reference_partitioned"]
+    assert_pretrained_is_the_trained_model(tmp_path / "two")  # ZeRO-3: gathered with GatheredParameters
 
 
 def test_example_accelerate_configs_load():

@@ -1,0 +1,84 @@
+"""``rlft sft --fsdp`` and ``rlft ppo --fsdp`` on 2 CPU processes (gloo), accelerate on its FSDP2 path through
+the tests' shim (_cli_sharded_run.py): the sharding line is printed once, only the main process writes the
+run directory, the processes train on different prompts, and ``model/`` holds the full trained model
+(for PPO: gathered on every process by ``rlft.trainer._sharding.save_pretrained``, not a hang)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from . import _cli_sharded_run
+
+SCRIPT = Path(_cli_sharded_run.__file__)
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")]
+
+
+def launch(*argv: str, nproc: int = 2, timeout: int = 170) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", port, str(SCRIPT), *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_rlft_sft_fsdp_two_processes(tmp_path):
+    run = tmp_path / "sft"
+    proc = launch("sft", "--tiny", "--fsdp", "--output_dir", str(run), "--no_plots", "--num_samples", "2")
+    assert proc.stdout.count("rlft sft: sharding: FSDP2 over 2 processes") == 1, proc.stdout
+    assert proc.stdout.count("rlft sft: done.") == 1  # the summary: main process only
+    rows = [r for r in metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 7))  # each step logged once, not once per process
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert len((run / "samples" / "after.jsonl").read_text().splitlines()) == 2  # generated with the gathered model
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(run / "model")  # a full model (transformers' FULL_STATE_DICT save)
+    assert all(type(p).__name__ == "Parameter" for p in trained.parameters())
+    config = (run / "config.yaml").read_text()
+    assert "fsdp: true" in config and "version: 2" in config  # --resume continues sharded
+
+
+def test_rlft_ppo_fsdp_two_processes(tmp_path):
+    from safetensors.torch import load_file
+
+    from rlft import AutoModelForCausalLMWithValueHead
+    from rlft.cli._load import tiny_model_folder
+
+    run = tmp_path / "ppo"
+    proc = launch("ppo", "--tiny", "--fsdp", "--output_dir", str(run), "--no_plots", "--num_samples", "2")
+    print(proc.stdout.splitlines()[0])  # how PPOTrainer saved: itself, or through the proposed replacement
+    assert proc.stdout.count("rlft ppo: sharding: FSDP2 over 2 processes") == 1, proc.stdout
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["ppo/nonfinite/skipped"] == 0 for r in rows)
+    ckpts = sorted((run / "checkpoints").iterdir())
+    assert ckpts and (ckpts[-1] / "pytorch_model_fsdp_0").is_dir()  # sharded checkpoints, as in test_sharded.py
+
+    # model/: written from the full parameters, gathered on both processes (no hang), value head included
+    trained = AutoModelForCausalLMWithValueHead.from_pretrained(str(run / "model"))
+    head = load_file(str(run / "model" / "value_head.safetensors"))
+    hidden = trained.pretrained_model.config.hidden_size
+    assert head["v_head.summary.weight"].shape == (1, hidden)  # the whole head, not one process's shard
+    assert torch.equal(head["v_head.summary.weight"], trained.v_head.summary.weight)
+    start = AutoModelForCausalLMWithValueHead.from_pretrained(tiny_model_folder("tiny-gpt2"))
+    moved = max(float((a - b).abs().max()) for a, b in zip(trained.pretrained_model.parameters(), start.pretrained_model.parameters()))
+    assert moved > 0  # trained
+    lm = trained.pretrained_model
+    assert lm.get_output_embeddings().weight is lm.get_input_embeddings().weight  # the tied head loads tied
