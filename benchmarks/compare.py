@@ -3,6 +3,14 @@
     bash benchmarks/setup_peers.sh                  # once: the TRL peers' own environments
     python benchmarks/compare.py                    # every workload, 3 interleaved repeats
     python benchmarks/compare.py --workloads dpo,ppo --repeats 5 --profile --json out.json
+    python benchmarks/compare.py --workloads reward_tiny_long --rlft-src /tmp/old   # rlft from another source tree
+
+Every Trainer workload (SFT padded / packed, reward, DPO) comes in four rows, so that a win
+on one shape or setting is not read as a general one: ``<name>`` (gradient checkpointing off
+on both sides), ``<name>_defaults`` (each library's documented defaults), and the same two on
+a second data shape, ``<name>_long`` and ``<name>_long_defaults`` (pre-tokenised pairs of a
+16-64 token prompt and 24-160 token answers). ``reward_tiny_long*`` is the reward workload of
+issue 22: that shape on the tiny GPT-2 of ``rlft.testing.tiny``, which keeps GPT-2's dropout.
 
 For each workload, runs rlft and its TRL peer alternately (A B A B ...), each run a fresh
 subprocess in its own environment (`workloads/worker.py`), all on the same fixtures built
@@ -80,6 +88,8 @@ def run_worker(impl: str, workload: spec.Workload, args, fixtures_dir: str, prof
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
     env.pop("PYTHONPATH", None)
+    if impl == "rlft" and args.rlft_src:
+        env["PYTHONPATH"] = str(Path(args.rlft_src).resolve())  # ahead of the installed (editable) rlft
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -186,6 +196,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--fixtures", default=None, help="fixture folder (default: a fresh temporary one)")
     parser.add_argument("--json", default=None, help="write all measurements here")
+    parser.add_argument("--rlft-src", default=None, metavar="DIR",
+                        help="run rlft's side from the package in DIR (DIR/rlft, e.g. `git archive COMMIT rlft | tar -x -C DIR`): "
+                             "before/after measurements in one run")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     unknown = [n for n in names if n not in spec.WORKLOADS]
@@ -208,6 +221,8 @@ def main(argv=None) -> dict:
     peak = measure.matmul_peak_flops(device)
     peak_region = region.stop()
     print(f"machine: {machine_description(args.threads, device)}")
+    if args.rlft_src:
+        print(f"rlft side: the package in {Path(args.rlft_src).resolve()}")
     print(f"matmul peak: {peak['peak_flops'] / 1e9:.1f} GFLOP/s {peak['dtype']} at {peak['peak_shape']} "
           f"(other processes' CPU during the measurement: {peak_region['foreign_cpu']:.0%})", flush=True)
 
@@ -225,8 +240,9 @@ def main(argv=None) -> dict:
                 res = run_worker(impl, w, args, args.fixtures)
                 res["foreign_cpu_before"] = busy
                 runs[impl].append(res)
+                source = f" ({res['library']})" if impl == "rlft" and args.rlft_src else ""
                 print(f"  {name:>11} {impl:>4} run {r + 1}: {res['steps_per_s']:.3f} steps/s, {res['tokens_per_s']:.0f} tok/s, "
-                      f"peak RSS rise {res['peak_rss_delta_mib']:.0f} MiB, other CPU {res['foreign_cpu']:.0%}", flush=True)
+                      f"peak RSS rise {res['peak_rss_delta_mib']:.0f} MiB, other CPU {res['foreign_cpu']:.0%}{source}", flush=True)
         results["runs"][name] = runs
         summary = summarise(name, runs, peak["peak_flops"])
         results["summary"].append(summary)

@@ -14,7 +14,9 @@ Sizes (fixed; change only to define a new, named workload):
 - ``gpt2``: GPT-2 style, d=256, 4 blocks, 4 heads, tied head: about 5.3M parameters.
 - ``llama``: Llama style, d=256, 4 blocks, 4 heads (2 KV heads), SwiGLU 688, tied head.
 - ``gpt2-tiny``: the GPT-2 of ``rlft.testing.tiny`` (d=64, 2 blocks, 4 heads, 256 positions) on this
-  vocabulary, no dropout: about 0.6M parameters, so a step's fixed costs weigh as much as its matmuls.
+  vocabulary, with GPT-2's default dropout (0.1) as there: about 0.6M parameters, so a step's fixed
+  costs weigh as much as its matmuls. The only fixture model with dropout: the workloads on it pin
+  whether each side keeps it (`spec.Workload.disable_dropout`).
 - texts: `N_TEXTS` documents of 1-6 corpus lines (mixed lengths, up to `MAX_LENGTH` tokens).
 - pairs: `N_PAIRS` (prompt, chosen, rejected) triples; responses of varied length.
 - prompts: `N_PROMPTS` token-id prompts of 4-12 tokens.
@@ -44,7 +46,7 @@ PAD = "<pad>"
 LONG_PROMPT = (16, 64)  # tokens, inclusive range
 LONG_ANSWER = (24, 160)
 #: Written last by `build_all`; a folder without it (or built by an older version) is rebuilt.
-DONE_MARK = "done-v2"
+DONE_MARK = "done-v3"
 
 
 # ---------------------------------------------------------------- building (once per run)
@@ -99,9 +101,8 @@ def _model_config(arch: str, eos_id: int):
         # switches dropout off by default would be measured against one that keeps it.
         return tf.GPT2Config(n_embd=256, n_layer=4, n_head=4, n_positions=512, tie_word_embeddings=True,
                              resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
-    if arch == "gpt2-tiny":
-        return tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, tie_word_embeddings=True,
-                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    if arch == "gpt2-tiny":  # GPT-2's default dropout, as rlft.testing.tiny
+        return tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, tie_word_embeddings=True, **common)
     if arch == "llama":
         return tf.LlamaConfig(
             hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,

@@ -14,9 +14,14 @@ from workloads import impl_critic_free_rlft as critic_free, spec
 
 
 def library_version() -> str:
+    """``rlft <version>``, plus `` from <folder>`` when the package is not this checkout's (compare.py --rlft-src)."""
+    from pathlib import Path
+
     import rlft
 
-    return f"rlft {getattr(rlft, '__version__', '?')}"
+    src = Path(rlft.__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]
+    return f"rlft {getattr(rlft, '__version__', '?')}" + ("" if src == here else f" from {src}")
 
 
 def run(ctx) -> None:
@@ -70,7 +75,8 @@ def run_reward(ctx) -> None:
             rows[f"input_ids_{side}"].append(ids)
             rows[f"attention_mask_{side}"].append([1] * len(ids))
     with tempfile.TemporaryDirectory() as out:
-        args = ctx.training_arguments(RewardConfig, out, max_length=ctx.workload.max_length)
+        extra = {"disable_dropout": True} if ctx.workload.disable_dropout else {}  # else RewardConfig's default: kept
+        args = ctx.training_arguments(RewardConfig, out, max_length=ctx.workload.max_length, **extra)
         trainer = RewardTrainer(
             model=ctx.model(), args=args, train_dataset=Dataset.from_dict(rows), processing_class=tok,
             callbacks=[ctx.trainer_callback()],

@@ -55,7 +55,10 @@ def run_reward(ctx) -> None:
     else:
         data = ctx.data["pairs"]
     with tempfile.TemporaryDirectory() as out:
-        args = ctx.training_arguments(RewardConfig, out, max_length=ctx.workload.max_length)
+        # This TRL switches dropout off by default, TRL 0.7.10 (and rlft) keep the model's: pinned to the
+        # workload's choice, except at the documented defaults (then TRL's own default).
+        extra = {} if ctx.workload.documented_defaults else {"disable_dropout": ctx.workload.disable_dropout}
+        args = ctx.training_arguments(RewardConfig, out, max_length=ctx.workload.max_length, **extra)
         trainer = RewardTrainer(model=ctx.model(), args=args, train_dataset=Dataset.from_dict(data),
                                 processing_class=ctx.tokenizer, callbacks=[ctx.trainer_callback()])
         ctx.watch(trainer)

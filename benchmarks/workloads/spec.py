@@ -35,6 +35,11 @@ class Workload:
     #: Precision stays fp32 on CPU either way (TRL's configs would default to bf16 autocast).
     documented_defaults: bool = False
     arch: str | None = None  # a fixture architecture this workload always uses (None: compare.py's --arch)
+    #: Reward workloads on a model with dropout (``gpt2-tiny``): True switches it off on both sides (rlft's
+    #: opt-in ``RewardConfig(disable_dropout=True)``). False keeps it on both sides (TRL 0.7.10's behaviour;
+    #: the TRL side sets ``disable_dropout=False``), except with documented_defaults, where each library
+    #: does as documented: rlft keeps it, the latest TRL switches it off.
+    disable_dropout: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,11 +115,10 @@ DEFAULTS = "documented defaults (gradient checkpointing as each library document
 
 
 def base_name(name: str) -> str:
-    """The runner a workload uses: ``reward_long_defaults`` -> ``reward``, ``reward_tiny_long`` -> ``reward``."""
-    for suffix in ("_long_defaults", "_defaults", "_long"):
-        if name.endswith(suffix) and name[: -len(suffix)] in _TRAINER_BASES:
+    """The runner a workload uses: ``reward_long_defaults`` -> ``reward``, ``reward_tiny_long_nodropout`` -> ``reward``."""
+    for suffix in ("_nodropout", "_defaults", "_long"):
+        if name.endswith(suffix) and any(name.startswith(b) for b in _TRAINER_BASES):
             name = name[: -len(suffix)]
-            break
     return "reward" if name == "reward_tiny" else name
 
 
@@ -135,6 +139,22 @@ def _trainer_rows(base: Workload) -> tuple[Workload, ...]:
     )
 
 
+def _tiny_reward_rows(base: Workload) -> tuple[Workload, ...]:
+    """The issue-22 reward workload (tiny GPT-2 with dropout, the second data shape): dropout kept on both
+    sides, then at the documented defaults (rlft keeps dropout, the latest TRL switches it off), then
+    with dropout off on both sides (rlft's opt-in), without and with the other documented defaults."""
+    from dataclasses import replace
+
+    _, _, long, long_defaults = _trainer_rows(base)
+    off = "; dropout off on both sides (rlft: RewardConfig(disable_dropout=True))"
+    return (
+        long, long_defaults,
+        replace(long, name=f"{long.name}_nodropout", description=long.description + off, disable_dropout=True),
+        replace(long_defaults, name=f"{long_defaults.name}_nodropout", description=long_defaults.description + off,
+                disable_dropout=True),
+    )
+
+
 WORKLOADS = {
     w.name: w
     for w in (
@@ -144,8 +164,8 @@ WORKLOADS = {
                                 model_kind="seqcls")),
         # The issue-22 shape: the second data shape on the tiny GPT-2 of rlft.testing.tiny, where a
         # step's fixed costs (collation, per-batch Python, small ops) weigh as much as its matmuls.
-        *_trainer_rows(Workload("reward_tiny", "reward model on the tiny GPT-2 (d=64, 2 blocks), 8 preference pairs per step",
-                                "trl-latest", 8, 3, 30, model_kind="seqcls", arch="gpt2-tiny"))[2:],
+        *_tiny_reward_rows(Workload("reward_tiny", "reward model on the tiny GPT-2 (d=64, 2 blocks, dropout 0.1), 8 preference pairs "
+                                    "per step", "trl-latest", 8, 3, 30, model_kind="seqcls", arch="gpt2-tiny")),
         *_trainer_rows(Workload("dpo", "DPO sigmoid, frozen reference copy, 8 pairs per step", "trl-latest", 8, 2, 10,
                                 max_length=DPO_MAX_LENGTH, flops_per_param_token=8, models=2)),
         Workload(

@@ -26,6 +26,12 @@ class RewardConfig(TrainingArguments):
         default=True,
         metadata={"help": "Recompute activations in the backward pass to save memory, at the cost of speed (TRL 0.7 default: True)."},
     )
+    disable_dropout: bool = field(
+        default=False,
+        metadata={"help": "Set every dropout of the model to 0 before training. Default False: the model trains with its own "
+                  "dropout, as in TRL 0.7.10 (newer TRL releases default to True). On CPU, attention dropout keeps "
+                  "scaled_dot_product_attention off its fused kernel: True trains a small model up to 2x faster."},
+    )
 
     def __post_init__(self):
         if self.max_length is not None and self.max_length <= 0:

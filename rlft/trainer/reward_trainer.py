@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ from ..data.packing import last_non_pad_positions, pack_padded
 from ..data.reward import REWARD_COLUMNS, RewardDataCollatorWithPadding, compute_accuracy
 from ..functional.reward import pairwise_reward_loss
 from ..models._peft import wrap_peft
-from ._helpers import PerModelCheck, pad_with_mask
+from ._helpers import PerModelCheck, disable_dropout_in_model, pad_with_mask
 from ._sharding import fsdp2_modules
 from ._model_helpers import unwrap_base_model
 from .reward_config import RewardConfig
@@ -50,6 +51,9 @@ class RewardTrainer(Trainer):
         padding_free: score chosen and rejected in one forward without padding when that gives
             the padded forwards' rewards (checked once per model; default True). False: always
             the two padded forwards.
+
+    Dropout: the model trains with its own dropout, as in TRL 0.7.10, unless
+    ``RewardConfig(disable_dropout=True)`` (which newer TRL releases default to).
     """
 
     def __init__(
@@ -82,6 +86,11 @@ class RewardTrainer(Trainer):
         # model
         if peft_config is not None:
             model = wrap_peft(model, peft_config, owner="RewardTrainer", gradient_checkpointing=args.gradient_checkpointing)
+        if getattr(args, "disable_dropout", False):
+            if model is not None:
+                disable_dropout_in_model(model)
+            if model_init is not None:
+                model_init = _without_dropout(model_init)
         if model is not None and getattr(getattr(model, "config", None), "pad_token_id", "absent") is None:
             if processing_class is not None and processing_class.pad_token_id is not None:
                 warnings.warn(
@@ -107,7 +116,7 @@ class RewardTrainer(Trainer):
             eval_dataset = self._check_and_filter(eval_dataset, max_length, "eval")
         self.max_length = max_length
         self.padding_free = padding_free
-        self._packing_is_exact = PerModelCheck(self._packing_probe)
+        self._packing_works = PerModelCheck(self._packing_probe)
 
         # optimizer and accelerator (transformers.Trainer)
         super().__init__(
@@ -208,7 +217,7 @@ class RewardTrainer(Trainer):
         position the model's own pooling reads (its rightmost non-pad token). None when the
         batch is left-padded or packing saves no row.
         """
-        inner = unwrap_base_model(model)
+        inner = _peft_base(model)
         pad = inner.config.pad_token_id
         ids_c, ids_r = inputs["input_ids_chosen"], inputs["input_ids_rejected"]
         width = max(ids_c.shape[1], ids_r.shape[1])
@@ -226,19 +235,21 @@ class RewardTrainer(Trainer):
         return rewards[: ids_c.shape[0]], rewards[ids_c.shape[0] :]
 
     def _can_pack(self, model) -> bool:
-        """Whether `_packed_rewards` may stand in for `_padded_rewards` with this model (checked once per model).
+        """Whether `_packed_rewards` may stand in for `_padded_rewards` with this model.
 
-        Needs an unwrapped (no DDP) model with a linear ``score`` head over ``base_model`` and a
-        pad token; then a probe batch must give the padded forward's rewards. ``padding_free=False``
-        always takes the padded forwards.
+        ``padding_free=False`` always takes the padded forwards; otherwise the answer of
+        `_packing_probe`, computed once per model object (the per-step cost is one dictionary
+        lookup: unwrapping a model through accelerate looks up installed packages every call).
         """
-        if not self.padding_free or model is not self.accelerator.unwrap_model(model):
+        return self.padding_free and self._packing_works(model)
+
+    def _packing_probe(self, model) -> bool:
+        """Needs an unwrapped (no DDP, no FSDP2) model with a linear ``score`` head over ``base_model``
+        and a pad token; then a probe batch must give the padded forwards' rewards."""
+        if model is not self.accelerator.unwrap_model(model):
             return False
         if fsdp2_modules(model):  # the probe's direct backbone call would initialise an inner FSDP2 block as a root
             return False
-        return self._packing_is_exact(model)
-
-    def _packing_probe(self, model) -> bool:
         inner = unwrap_base_model(model)
         pad = getattr(getattr(inner, "config", None), "pad_token_id", None)
         if pad is None or not isinstance(getattr(inner, "score", None), nn.Linear) or not hasattr(inner, "base_model"):
@@ -287,6 +298,25 @@ class RewardTrainer(Trainer):
         logits = torch.cat([outputs["rewards_chosen"], outputs["rewards_rejected"]], dim=-1).detach()  # (B, 2)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         return loss, logits, labels
+
+
+def _without_dropout(model_init: Callable) -> Callable:
+    """``model_init`` whose models come with every dropout at 0 (same signature, which Trainer inspects)."""
+
+    @functools.wraps(model_init)
+    def init(*args):
+        model = model_init(*args)
+        disable_dropout_in_model(model)
+        return model
+
+    return init
+
+
+def _peft_base(model: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper. For a model that `RewardTrainer._can_pack` accepted
+    (no DDP / DeepSpeed / compile wrapper), the same as `unwrap_base_model`, without its per-call
+    package lookups."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _check_pair_rows(dataset, split: str) -> None:
