@@ -9,7 +9,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..functional.logprobs import selected_log_probs
 from ._helpers import pad_with_mask
 from ._ppo_helpers import logits_to_keep
 from ._ppo_types import PaddedBatch
@@ -69,12 +68,13 @@ class BehaviourRecorder:
 
     Hooks on the transformers model ``base``: a forward pre-hook reads each call's input ids (the
     previous step's token, after the prefill); a pre-hook on its LM head keeps the last position's
-    hidden state (the value head's input: the model's last hidden state); a forward hook keeps the
-    last position's raw logits (``outputs.logits[:, -1]``, before any logits processor or warper,
-    the logits TRL computes log-probs from). A step's (B, V) logits are reduced to the drawn token's
-    log-prob as soon as that token arrives as the next call's input, so at most one step's logits
-    are held. `result` checks the recorded tokens against the returned sequences and gives None on
-    any mismatch (beam search, a decode step that bypassed the hooks, ...).
+    hidden state (the value head's input, the model's last hidden state; the head runs once over all
+    steps in `result`); a forward hook keeps the last position's raw logits (``outputs.logits[:, -1]``,
+    before any logits processor or warper: the logits TRL computes log-probs from). A step's (B, V)
+    logits are reduced to the drawn token's log-prob as soon as that token arrives as the next call's
+    input, so at most one step's logits are held. `result` checks the recorded tokens against the
+    returned sequences and gives None on any mismatch (beam search, a decode step that bypassed the
+    hooks, ...).
     """
 
     def __init__(self, base, value_head: Optional[torch.nn.Module] = None):
@@ -91,7 +91,7 @@ class BehaviourRecorder:
         self._pending: Optional[Tensor] = None  # (B, V) fp32 raw logits of the last step, its token not yet known
         self.logprobs: list[Tensor] = []  # per decode step, (B,)
         self.tokens: list[Tensor] = []  # per resolved step, (B,): the token of that log-prob
-        self.values: list[Tensor] = []  # per decode step, (B,)
+        self.hidden: list[Tensor] = []  # per decode step, (B, d): the value head's input
 
     @contextlib.contextmanager
     def recording(self, width: int):
@@ -120,16 +120,19 @@ class BehaviourRecorder:
 
     def _on_head_input(self, module, args):
         if self._decoding:
-            hidden = args[0][:, -1:]  # (B, 1, d): the state before the token this step draws
-            self.values.append(self.value_head(hidden)[:, 0].float())
+            self.hidden.append(args[0][:, -1])  # (B, d): the state before the token this step draws
 
     def _on_output(self, module, args, output):
         if self._decoding:
             logits = output.logits if hasattr(output, "logits") else output[0]  # (B, S, V)
-            self._pending = logits[:, -1].to(dtype=torch.float32, copy=True)  # (B, V), not a view of (B, S, V)
+            last = logits[:, -1]  # (B, V)
+            # a copy when it is a view of a wider (B, S, V) prefill output, which would otherwise stay alive
+            self._pending = last.to(dtype=torch.float32, copy=logits.shape[1] > 1)
 
     def _resolve(self, token: Tensor) -> None:
-        self.logprobs.append(selected_log_probs(self._pending, token))  # (B,)
+        logits = self._pending  # (B, V)
+        # log_softmax(logits)[token] as two reductions: no (B, V) output written per step
+        self.logprobs.append(logits.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1))  # (B,)
         self.tokens.append(token)
         self._pending = None
 
@@ -139,7 +142,7 @@ class BehaviourRecorder:
         n = sequences.shape[1] - self._width
         if self._pending is not None and len(self.logprobs) < n:
             self._resolve(sequences[:, self._width + len(self.logprobs)])
-        if self._broken or len(self.logprobs) < n or (self.value_head is not None and len(self.values) < n):
+        if self._broken or len(self.logprobs) < n or (self.value_head is not None and len(self.hidden) < n):
             return None
         if n == 0:
             empty = sequences.new_zeros((sequences.shape[0], 0), dtype=torch.float32)
@@ -147,5 +150,5 @@ class BehaviourRecorder:
         tokens = torch.stack(self.tokens[:n], dim=1)  # (B, n)
         if tokens.shape != (sequences.shape[0], n) or not torch.equal(tokens, sequences[:, self._width :]):
             return None
-        values = torch.stack(self.values[:n], dim=1) if self.value_head is not None else None
+        values = self.value_head(torch.stack(self.hidden[:n], dim=1)).float() if self.value_head is not None else None  # (B, n)
         return torch.stack(self.logprobs[:n], dim=1), values

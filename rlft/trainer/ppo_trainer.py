@@ -4,7 +4,7 @@ The user owns generation and scoring; `step` does the rest, through the methods 
 override in subclasses (Ziegler et al. 2019 for PPO; docs/critic_free.md for the other estimators):
 
     1. validate the inputs, prepare the scores (scaling, normalisation, clipping)
-    2. `batched_forward_pass`: policy log-probs and values, reference log-probs (no autograd)
+    2. `batched_forward_pass`: policy log-probs and values (or `generate`'s record of them), reference log-probs (no autograd)
     3. `compute_rewards`: the per-token KL estimate and rewards (-beta * KL, the score on the last token)
     4. `compute_advantages`: GAE with the value head, or a critic-free estimator (GRPO, Dr. GRPO, RLOO, REINFORCE++)
     5. PPO epochs over shuffled minibatches: `batched_forward_pass` with gradients, `train_minibatch` -> `loss`
@@ -248,6 +248,8 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         Returns a list of 1-D tensors for a list input (or for one query with k > 1), a (1, L)
         tensor for one query. An empty list gives an empty list. A query longer than the model's
         context (or one that ``max_new_tokens`` would push past it, for causal models) is a ValueError.
+        With ``rollout_logprobs="generation"`` the policy's log-prob (under its raw logits) and value of
+        each returned token are recorded too, for `step` to use instead of a forward (docs/ppo_performance.md).
         """
         if isinstance(query_tensor, Tensor) and query_tensor.dim() != 1:
             raise ValueError(
@@ -368,7 +370,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
                 return self._skip_step(nonfinite, inputs, t_start)
 
             with out_of_memory_hint("PPOTrainer.step", self._memory_advice(inputs), self._drop_gradients):
-                # 2. rollout forward: policy log-probs and values, reference log-probs (no autograd)
+                # 2. rollout forward: policy log-probs and values (or generate's record of them), reference log-probs (no autograd)
                 t = time.perf_counter()
                 logprobs, ref_logprobs, values, mask, kl_inputs, update_forward = self._rollout_forward(inputs)
                 timing["time/ppo/forward_pass"] = time.perf_counter() - t
@@ -518,8 +520,10 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         full = self.config.kl_penalty == "full"
         args = (inputs.queries, inputs.responses)
         update_forward = None
-        recorded = None if full else self._recorded_behaviour(inputs)
-        if self._single_update():
+        single_update = self._single_update()
+        recorded = None if full or single_update else self._recorded_behaviour(inputs)
+        self._behaviour.clear()  # this step's update makes any record stale
+        if single_update:
             self.model.train()
             with sparse_embedding_grad(self._tied_embedding):
                 update_forward = self.batched_forward_pass(self.model, *args, return_logits=True, response_masks=inputs.response_masks)
@@ -556,11 +560,9 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
 
     def _recorded_behaviour(self, inputs: StepInputs) -> Optional[tuple[Tensor, Tensor, Tensor]]:
         """(logprobs, values, mask), each (B, T), from what `generate` recorded for exactly these queries and
-        responses under the current weights, or None (then they are recomputed). Empties the record: the
-        step's update makes it stale."""
+        responses under the current weights, or None (then they are recomputed)."""
         taken = self._behaviour.take(inputs.queries, inputs.responses, self._policy_version())
-        self._behaviour.clear()
-        if taken is None or self.is_encoder_decoder:
+        if taken is None:
             if self.config.resolved_rollout_logprobs() == "generation":
                 logger.debug("rollout_logprobs='generation': no record of this batch from generate(); recomputing the policy's log-probs.")
             return None
