@@ -199,16 +199,18 @@ def save_pretrained(model: torch.nn.Module, accelerator, save_directory: str) ->
     Under FSDP2 and ZeRO-3 a parameter read on one process alone is a collective that the others
     never join (FSDP2's DTensors gather when saved), so a save on the main process only hangs.
     Here every process gathers the full state dict (`full_state_dict`), then the main process
-    writes it. A value-head wrapper writes its head from the same gathered tensors.
+    writes it. A value-head wrapper writes its head from the same gathered tensors. Unsharded, only
+    the main process does anything, so a save called on the main process alone still works there.
     """
     state = full_state_dict(model, accelerator)
-    if accelerator.is_main_process:
-        if state is None:
+    if state is None:  # not sharded: the main process saves, the others return at once (no collective)
+        if accelerator.is_main_process:
             model.save_pretrained(save_directory)
-        else:
-            with _wrapper_state_from(model, state):
-                model.save_pretrained(save_directory, state_dict=state)
-    accelerator.wait_for_everyone()  # the folder is complete when any process returns
+        return
+    if accelerator.is_main_process:
+        with _wrapper_state_from(model, state):
+            model.save_pretrained(save_directory, state_dict=state)
+    accelerator.wait_for_everyone()  # sharded: the folder is complete when any process returns
 
 
 @contextlib.contextmanager

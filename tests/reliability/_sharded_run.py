@@ -15,7 +15,8 @@ save_checkpoint and `_sharding.save_pretrained` (OUT/pretrained). Options: "peft
 (load CKPT first, run 1 step), "zero2" / "zero3" (DeepSpeed ZeRO on CPU processes instead of FSDP2; no
 checkpoint), "offload" (FSDP2 with CPUOffloadPolicy).
 MODE "sft" / "reward" / "dpo" / "isft": 3 optimizer steps of SFTTrainer / RewardTrainer / DPOTrainer /
-IterativeSFTTrainer with a global batch of 4 (FSDP2 through TrainingArguments' fsdp / fsdp_config).
+IterativeSFTTrainer with a global batch of 4 (FSDP2 through TrainingArguments' fsdp / fsdp_config); options
+"wrap=<block class>" (a model other than GPT-2) and "unsharded" (no FSDP shim: a one-process baseline).
 MODE "hang": one PPO step, then process 1 dies (option "stuck": sleeps instead); process 0 must fail
 within the gloo timeout instead of waiting forever.
 """
@@ -192,11 +193,13 @@ TEXTS = ["the value is returned to the caller.", "return a new list of the items
          "a new object from the list.", "the default is to use the file.", "if the path is not a string."] * 2
 
 
-def _trainer_args(out: Path, world: int, args_class=None, **extra):
-    """TrainingArguments for 3 optimizer steps of global batch 4, with FSDP2 when there are several processes."""
+def _trainer_args(out: Path, world: int, args_class=None, wrap=None, **extra):
+    """TrainingArguments for 3 optimizer steps of global batch 4, with FSDP2 when there are several processes
+    (each block of a class in ``wrap``, default `WRAP`, sharded on its own)."""
     from transformers import TrainingArguments
 
-    fsdp = {"fsdp": "full_shard", "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": WRAP}} if world > 1 else {}
+    wrap = wrap or WRAP
+    fsdp = {"fsdp": "full_shard", "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": wrap}} if world > 1 else {}
     args = (args_class or TrainingArguments)(
         output_dir=str(out / "trainer"), report_to=[], use_cpu=True, max_steps=STEPS, save_strategy="no",
         per_device_train_batch_size=4 // world, learning_rate=5e-3, logging_steps=1, disable_tqdm=True, seed=0,
@@ -204,7 +207,7 @@ def _trainer_args(out: Path, world: int, args_class=None, **extra):
     )
     if world > 1:  # TrainingArguments resets accelerate's state when it picks its device: apply the shim again
         args.device  # noqa: B018
-        use_fsdp2_on_cpu(fsdp2_plugin())
+        use_fsdp2_on_cpu(fsdp2_plugin(transformer_cls_names_to_wrap=wrap))
     return args
 
 
@@ -242,12 +245,17 @@ def run_sft(model_dir: str, out: Path, *options: str) -> None:
     tok = _tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     disable_dropout_in_model(model)  # dropout masks would differ between one and two processes
-    args = _trainer_args(out, state.num_processes)
+    args = _trainer_args(out, state.num_processes, wrap=_wrap_option(options))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": TEXTS}),
                              processing_class=tok, dataset_text_field="text", max_seq_length=16)
     _train_and_write(trainer, out, state.num_processes, state.process_index)
+
+
+def _wrap_option(options) -> list | None:
+    """"wrap=LlamaDecoderLayer": the block class of a model other than the GPT-2 fixture."""
+    return next(([o.split("=", 1)[1]] for o in options if o.startswith("wrap=")), None)
 
 
 def run_reward(model_dir: str, out: Path, *options: str) -> None:
@@ -409,7 +417,8 @@ def main() -> None:
         return
     # SFT also names FSDP in its TrainingArguments (so transformers takes its FSDP paths); the plugin is the same
     plugin = fsdp2_plugin(cpu_offload="offload" in options)  # "offload": FSDP2's CPUOffloadPolicy
-    use_fsdp2_on_cpu(plugin, timeout_s=FAULT_TIMEOUT_S if mode == "hang" else None)
+    if "unsharded" not in options:  # "unsharded": plain accelerate (the one-process baseline of a measurement)
+        use_fsdp2_on_cpu(plugin, timeout_s=FAULT_TIMEOUT_S if mode == "hang" else None)
     {"ppo": run_ppo, "sft": run_sft, "reward": run_reward, "dpo": run_dpo, "isft": run_isft, "hang": run_hang}[mode](model_dir, out, *options)
     _finish()
 
