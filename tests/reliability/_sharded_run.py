@@ -416,7 +416,12 @@ def main() -> None:
         _finish()
         return
     # SFT also names FSDP in its TrainingArguments (so transformers takes its FSDP paths); the plugin is the same
-    plugin = fsdp2_plugin(cpu_offload="offload" in options)  # "offload": FSDP2's CPUOffloadPolicy
+    if "offload" in options:  # FSDP2's CPUOffloadPolicy; unpinned: pinned memory needs an accelerator (GPUs pin)
+        from torch.distributed.fsdp import CPUOffloadPolicy
+
+        plugin = fsdp2_plugin(cpu_offload=CPUOffloadPolicy(pin_memory=False))
+    else:
+        plugin = fsdp2_plugin()
     if "unsharded" not in options:  # "unsharded": plain accelerate (the one-process baseline of a measurement)
         use_fsdp2_on_cpu(plugin, timeout_s=FAULT_TIMEOUT_S if mode == "hang" else None)
     {"ppo": run_ppo, "sft": run_sft, "reward": run_reward, "dpo": run_dpo, "isft": run_isft, "hang": run_hang}[mode](model_dir, out, *options)
