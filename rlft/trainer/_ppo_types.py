@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 
@@ -169,16 +170,24 @@ class BehaviourCache:
         while len(self._records) > self.capacity:
             self._records.popitem(last=False)
 
-    def take(self, queries: list[Tensor], responses: list[Tensor], version: int) -> Optional[tuple[list[Tensor], Optional[list[Tensor]]]]:
-        """The records of every sample, in order: (logprobs, values or None), each a list of (T_i,) tensors;
-        None unless every sample has one (and of the current ``version``)."""
+    def take(self, queries: list[Tensor], responses: list[Tensor], version: int) -> Optional[tuple[Tensor, Optional[Tensor]]]:
+        """The records of every sample, in order: logprobs (B, T) and values (B, T) or None, zero-padded
+        on the right to the longest response T; None unless every sample has one of this ``version``."""
         if version != self.version or not self._records:
             return None
         found = [self._records.get(self._key(q, r)) for q, r in zip(queries, responses)]
         if any(f is None for f in found):
             return None
+        T = max(r.numel() for r in responses)
+
+        def padded(rows: list[Tensor]) -> Tensor:  # B x (T_i,) -> (B, T)
+            out = rows[0].new_zeros((len(rows), T), dtype=torch.float32)
+            for i, row in enumerate(rows):
+                out[i, : row.numel()] = row
+            return out
+
         values = [v for _, v in found]
-        return [lp for lp, _ in found], (None if any(v is None for v in values) else values)
+        return padded([lp for lp, _ in found]), (None if any(v is None for v in values) else padded(values))
 
     def clear(self) -> None:
         self._records.clear()

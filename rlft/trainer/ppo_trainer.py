@@ -48,7 +48,7 @@ from ._helpers import disable_dropout_in_model, eos_token_ids, pad_token_id_or_e
 from ._model_helpers import unwrap_base_model
 from ._ppo_checkpoint import PPOCheckpointMixin
 from ._ppo_helpers import (
-    accepted_kwargs, pad_right, build_dataloader, cat_padded, check_policy, collate, default_optimizer, generate_responses,
+    accepted_kwargs, build_dataloader, cat_padded, check_policy, collate, default_optimizer, generate_responses,
     out_of_memory_hint, tracker_init_kwargs,
 )
 from ._ppo_forward import BehaviourRecorder, forward_actions, pad_batch
@@ -567,13 +567,10 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
                 logger.debug("rollout_logprobs='generation': no record of this batch from generate(); recomputing the policy's log-probs.")
             return None
         logprobs, values = taken
-        T = max(r.numel() for r in inputs.responses)
-        pad = lambda rows: torch.cat([pad_right(r[None].float(), T) for r in rows])  # noqa: E731  B x (T_i,) -> (B, T)
-        r_mask = pad_with_mask(inputs.responses, 0, "right")[1]
+        mask = pad_with_mask(inputs.responses, 0, "right")[1]  # (B, T), as the forward's
         if inputs.response_masks is not None:
-            r_mask = r_mask * pad_with_mask(inputs.response_masks, 0, "right")[0].to(r_mask.dtype)
-        values = pad(values) if values is not None else torch.zeros_like(r_mask, dtype=torch.float32)
-        return pad(logprobs), values, r_mask
+            mask = mask * pad_with_mask(inputs.response_masks, 0, "right")[0].to(mask.dtype)
+        return logprobs, values if values is not None else torch.zeros_like(mask, dtype=torch.float32), mask
 
     # ---------------------------------------------------------------- 3. rewards
     def _kl_penalty(self, logprob: Tensor, ref_logprob: Tensor) -> Tensor:

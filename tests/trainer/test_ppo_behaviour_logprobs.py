@@ -98,15 +98,15 @@ def test_recorded_logprobs_and_values_equal_an_independent_forward(model_path, p
     assert (values is None) == (kind == "plain")
     for i, (q, r) in enumerate(zip(queries, responses)):
         ref_lp, ref_v = _independent(trainer, q, r)
-        torch.testing.assert_close(logprobs[i], ref_lp, atol=ROLLOUT_LOGPROBS_ATOL, rtol=0)
+        torch.testing.assert_close(logprobs[i, : len(r)], ref_lp, atol=ROLLOUT_LOGPROBS_ATOL, rtol=0)
         if kind != "plain":
-            torch.testing.assert_close(values[i], ref_v, atol=ROLLOUT_LOGPROBS_ATOL, rtol=0)
+            torch.testing.assert_close(values[i, : len(r)], ref_v, atol=ROLLOUT_LOGPROBS_ATOL, rtol=0)
     if kind == "lora":  # the adapter was on while sampling: the record is the policy's, not the reference's
         with trainer._reference_context() as ref, torch.no_grad():
             ids = torch.cat([queries[0], responses[0]])[None]
             ref_logits = ref(input_ids=ids)[0][0, len(queries[0]) - 1 : -1]
         ref_lp = torch.log_softmax(ref_logits, -1).gather(-1, responses[0][:, None]).squeeze(-1)
-        assert (ref_lp - logprobs[0]).abs().max() > 100 * ROLLOUT_LOGPROBS_ATOL
+        assert (ref_lp - logprobs[0, : len(responses[0])]).abs().max() > 100 * ROLLOUT_LOGPROBS_ATOL
 
 
 def test_recorded_logprobs_are_of_the_raw_logits_under_temperature_and_top_k(model_path, pad_tokenizer):
@@ -116,7 +116,7 @@ def test_recorded_logprobs_are_of_the_raw_logits_under_temperature_and_top_k(mod
     responses = trainer.generate(queries, return_prompt=False, **dict(GEN, temperature=0.7, top_k=20))
     logprobs, _ = _recorded(trainer, queries, responses)
     for i, (q, r) in enumerate(zip(queries, responses)):
-        torch.testing.assert_close(logprobs[i], _independent(trainer, q, r)[0], atol=ROLLOUT_LOGPROBS_ATOL, rtol=0)
+        torch.testing.assert_close(logprobs[i, : len(r)], _independent(trainer, q, r)[0], atol=ROLLOUT_LOGPROBS_ATOL, rtol=0)
 
 
 def test_responses_are_cut_at_eos_and_recorded_per_response(model_path, pad_tokenizer):
@@ -138,8 +138,8 @@ def test_responses_are_cut_at_eos_and_recorded_per_response(model_path, pad_toke
     responses = [f[len(q):] for q, f in zip(queries, full)]
     assert len(responses[0]) == 3 and responses[0][-1] == eos and max(len(r) for r in responses) == 6
     logprobs, _ = _recorded(trainer, queries, responses)
-    assert [len(lp) for lp in logprobs] == [len(r) for r in responses]
-    torch.testing.assert_close(logprobs[0], _independent(trainer, queries[0], responses[0])[0], atol=ROLLOUT_LOGPROBS_ATOL, rtol=0)
+    assert logprobs.shape == (4, 6) and (logprobs[0, 3:] == 0).all()  # padded after the 3 tokens of response 0
+    torch.testing.assert_close(logprobs[0, :3], _independent(trainer, queries[0], responses[0])[0], atol=ROLLOUT_LOGPROBS_ATOL, rtol=0)
 
 
 # --------------------------------------------------------------------------- step with the record
