@@ -39,7 +39,8 @@ MAX_LENGTH = 256  # SFT / reward truncation, packed chunk length
 N_TEXTS = 512
 N_PAIRS = 512
 N_PROMPTS = 64
-ARCHS = ("gpt2", "llama", "gpt2-tiny")
+ARCHS = ("gpt2", "llama")  # the --arch choices: the ~5M-parameter models every workload can run on
+TINY_ARCHS = ("gpt2-tiny",)  # built too; only the workloads that name it (spec.Workload.arch) use it
 CORPUS = Path(__file__).resolve().parents[2] / "rlft" / "testing" / "data" / "corpus.txt"
 EOS = "<|endoftext|>"
 PAD = "<pad>"
@@ -108,7 +109,7 @@ def _model_config(arch: str, eos_id: int):
             hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=512, tie_word_embeddings=True, **common,
         )
-    raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS + TINY_ARCHS}")
 
 
 def build_all(root: str | os.PathLike) -> Path:
@@ -126,7 +127,7 @@ def build_all(root: str | os.PathLike) -> Path:
     bpe.save(str(root / "tokenizer.json"))
     tok = load_tokenizer(root)
     eos_id = tok.convert_tokens_to_ids(EOS)
-    for arch in ARCHS:
+    for arch in ARCHS + TINY_ARCHS:
         cfg = _model_config(arch, eos_id)
         (root / f"{arch}.config.json").write_text(json.dumps(cfg.to_dict(), default=str))
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification

@@ -241,7 +241,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--impl", required=True, choices=("rlft", "trl"))
     parser.add_argument("--workload", required=True, choices=sorted(spec.WORKLOADS))
     parser.add_argument("--fixtures", required=True)
-    parser.add_argument("--arch", default="gpt2", choices=fixtures.ARCHS)
+    parser.add_argument("--arch", default="gpt2", choices=fixtures.ARCHS + fixtures.TINY_ARCHS)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
