@@ -834,9 +834,10 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         self._save_pretrained(save_directory)
 
     def _save_pretrained(self, save_directory: str) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        self.accelerator.unwrap_model(self.model).save_pretrained(save_directory)
-        self.tokenizer.save_pretrained(save_directory)
-        self.create_model_card(save_directory)
+        # every process: a sharded policy (FSDP2, ZeRO-3) is gathered first, a collective (_sharding.py);
+        # unsharded, only the main process writes and no process waits for another
+        _sharding.save_pretrained(self.accelerator.unwrap_model(self.model), self.accelerator, save_directory)
+        if self.accelerator.is_main_process:
+            self.tokenizer.save_pretrained(save_directory)
+            self.create_model_card(save_directory)
 

@@ -4,13 +4,10 @@ only on GPUs and would run DDP here).
 
 The shim is applied where accelerate's ``Accelerator`` is built with an FSDP plugin (PPOTrainer, or
 transformers' Trainer), with that very plugin: what the command line built from ``--fsdp`` is what runs.
-Until ``PPOTrainer._save_pretrained`` gathers on every process (docs/distributed.md), it is replaced here
-by the version proposed for it, which calls ``rlft.trainer._sharding.save_pretrained``.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -35,34 +32,12 @@ def _shim_fsdp_plugins() -> None:
     accelerate.Accelerator.__init__ = init
 
 
-def _save_pretrained_gathered() -> str:
-    """'trainer' when PPOTrainer saves sharded models itself, else 'patched' (the proposed replacement is installed)."""
-    from rlft.trainer import _sharding
-    from rlft.trainer.ppo_trainer import PPOTrainer
-
-    if "_sharding.save_pretrained" in inspect.getsource(PPOTrainer._save_pretrained):
-        return "trainer"
-
-    def _save_pretrained(self, save_directory: str) -> None:
-        # every process: a sharded model is gathered first (a collective), then the main process writes
-        _sharding.save_pretrained(self.accelerator.unwrap_model(self.model), self.accelerator, save_directory)
-        if self.accelerator.is_main_process:
-            self.tokenizer.save_pretrained(save_directory)
-            self.create_model_card(save_directory)
-
-    PPOTrainer._save_pretrained = _save_pretrained
-    return "patched"
-
-
 def main() -> int:
     import torch
 
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _shim_fsdp_plugins()
-    how = _save_pretrained_gathered()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"save_pretrained: {how}", flush=True)
     from rlft.cli import main as rlft_main
 
     code = rlft_main(sys.argv[1:])

@@ -177,8 +177,9 @@ def run_ppo(model_dir: str, out: Path, *options: str) -> None:
         info["fsdp_groups"] = len(_sharding.fsdp2_modules(policy)) + len(_sharding.fsdp2_modules(trainer.ref_model or torch.nn.Module()))
         if not any(o.startswith("zero") for o in opts):  # DeepSpeed checkpoints: not covered here
             info["checkpoint"] = str(trainer.save_checkpoint(out / "run"))
-        # a from_pretrained folder from the sharded policy: gathered on every process, written by the main one
-        _sharding.save_pretrained(policy, trainer.accelerator, str(out / "pretrained"))
+        # a from_pretrained folder from the sharded policy: PPOTrainer.save_pretrained on every process
+        # (_sharding.save_pretrained gathers on each, the main one writes)
+        trainer.save_pretrained(str(out / "pretrained"))
     if "zero3" in opts:
         info["reference_partitioned"] = any(hasattr(p, "ds_id") for p in trainer.ref_model.parameters())
     lm = getattr(policy, "pretrained_model", policy)
