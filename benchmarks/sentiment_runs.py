@@ -108,7 +108,8 @@ def main(argv=None) -> int:
             t, reward, kl = zip(*run["curve"])
             style = "-" if run["seed"] == 0 else "--"
             ax_r.plot([x / 60 for x in t], reward, style, color=color, label=f"{run['label']} s{run['seed']}")
-            ax_k.plot([x / 60 for x in t], kl, style, color=color)
+            if any(k != 0 for k in kl):  # a run with no KL term forwards no reference: its batch KL reads 0, unmeasured
+                ax_k.plot([x / 60 for x in t], kl, style, color=color)
         ax_r.set_xlabel("PPO minutes")
         ax_r.set_ylabel("training reward (batch mean)")
         ax_k.set_xlabel("PPO minutes")
