@@ -11,8 +11,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from torch import Tensor
+
+from ._helpers import pad
 
 
 @dataclass(frozen=True)
@@ -178,14 +179,8 @@ class BehaviourCache:
         found = [self._records.get(self._key(q, r)) for q, r in zip(queries, responses)]
         if any(f is None for f in found):
             return None
-        T = max(r.numel() for r in responses)
-
-        def padded(rows: list[Tensor]) -> Tensor:  # B x (T_i,) -> (B, T)
-            out = rows[0].new_zeros((len(rows), T), dtype=torch.float32)
-            for i, row in enumerate(rows):
-                out[i, : row.numel()] = row
-            return out
-
+        # each record is as long as its response, so B x (T_i,) -> (B, T), T the longest response
+        padded = lambda rows: pad([row.float() for row in rows], padding_value=0.0)  # noqa: E731
         values = [v for _, v in found]
         return padded([lp for lp, _ in found]), (None if any(v is None for v in values) else padded(values))
 
