@@ -54,9 +54,14 @@ class PPOShardingOptions(ShardingOptions):
     """A DeepSpeed JSON config (ZeRO-2 or ZeRO-3; "auto" values are filled from the PPO settings)."""
 
 
+def rank() -> int:
+    """This process's rank in a multi-process launch (torchrun and accelerate launch set RANK); 0 alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_main_process() -> bool:
-    """False on the non-main processes of a multi-process launch (torchrun and accelerate launch set RANK)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """False on the non-main processes of a multi-process launch."""
+    return rank() == 0
 
 
 def world_size() -> int:

@@ -7,7 +7,6 @@ from ``(seed, s)`` only, so a resumed run continues exactly where a checkpoint l
 
 from __future__ import annotations
 
-import os
 import random
 import time
 import warnings
@@ -16,7 +15,7 @@ from typing import Literal, Optional
 
 from ._args import CLIError, merged_config
 from ._lora import LoraOptions, lora_config
-from ._shard import PPOShardingOptions, announce, check_launch, ppo_accelerator_kwargs, requested, world_size
+from ._shard import PPOShardingOptions, announce, check_launch, ppo_accelerator_kwargs, requested, world_size, rank as process_rank
 from ._run import (
     Finish, Plot, PromptRewardOptions, config_table, model_loading_note, done_line, finish_run, fmt, mean_of, open_run, progress, run_result, trend,
 )
@@ -93,7 +92,7 @@ def run(args: PPOScriptArguments, config) -> dict:
     tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path)
     prompts = _load.load_prompts(args)
     k = config.num_generations  # samples per prompt (the groups of grpo / dr_grpo / rloo)
-    processes, rank = world_size(), int(os.environ.get("RANK", "0"))  # batch_size is per process (PPOConfig)
+    processes, rank = world_size(), process_rank()  # batch_size is per process (PPOConfig)
     if len(prompts) < config.batch_size // k:
         raise CLIError(f"{len(prompts)} prompts but --batch_size {config.batch_size} needs {config.batch_size // k} "
                        f"({k} samples each); lower batch_size or add prompts.")
