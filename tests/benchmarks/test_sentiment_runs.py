@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+from .._scripts import load_script
+
 
 def _load():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "sentiment_runs.py"
-    spec = importlib.util.spec_from_file_location("sentiment_runs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/sentiment_runs.py", "sentiment_runs")
 
 
 def _run(root: Path, name: str, vader_after: float, kl: float, bon_vader: float, steps: int) -> str:

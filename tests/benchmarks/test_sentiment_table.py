@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from .._scripts import load_script
 
 
 def _load():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "sentiment.py"
-    spec = importlib.util.spec_from_file_location("sentiment_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/sentiment.py", "sentiment_bench")
 
 
 def test_table_shows_paired_gain(capsys):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 from pathlib import Path
 
 import pytest
+
+from .._scripts import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tools_calculator.py"
 
@@ -56,9 +57,7 @@ def test_calculator_example_runs_on_a_tiny_model(model_path):
     assert "from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, TextEnvironment" in source
     code = [line for line in source.splitlines() if line.startswith(("import", "from"))]
     assert not any("trl" in line for line in code)
-    spec = importlib.util.spec_from_file_location("tools_calculator", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("examples/tools_calculator.py", "tools_calculator")
     assert module.simple_calculator("12*3") == "36" and module.simple_calculator("5-9") == "-4"
     with pytest.raises(ValueError, match="cannot compute"):
         module.simple_calculator("2**8")

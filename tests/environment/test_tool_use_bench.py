@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from argparse import Namespace
@@ -11,21 +10,17 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
+from .._scripts import load_script
 from ._scripted import ScriptedModel
-
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "tool_use.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("tool_use_bench", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
+    module = load_script("benchmarks/tool_use.py", "tool_use_bench")
     try:
-        spec.loader.exec_module(module)
         yield module
     finally:
-        del sys.modules[spec.name]
+        del sys.modules["tool_use_bench"]
 
 
 def test_problems_are_seeded_distinct_and_held_out(bench):
