@@ -38,6 +38,13 @@ ESTIMATOR_DEFAULTS = {
 }
 
 
+#: Precisions of ``mixed_precision`` (accelerate's names; its "fp8" needs extra kernels and is not offered).
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+#: Largest |ratio - 1| of a bf16 step before any update (learning rate 0, tiny models of the tests): the
+#: rollout and the update forwards pad the samples differently, and bf16 keeps 8 bits of mantissa.
+#: fp32 stays within 1e-5 (docs/mixed_precision.md).
+BF16_RATIO_ATOL = 1e-3
+
 #: Sources of the rollout's policy log-probs (``rollout_logprobs``).
 ROLLOUT_LOGPROBS = ("recompute", "generation")
 #: Largest difference (nats, fp32) between a log-prob or value recorded during generation and the
@@ -217,6 +224,15 @@ class PPOConfig:
     reference (nothing, with no KL in the reward or the loss). Both agree within `ROLLOUT_LOGPROBS_ATOL`.
     None: "recompute" for gae, "generation" for the critic-free estimators. See docs/ppo_performance.md."""
 
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
+    """Precision of the model forwards, with accelerate's names: "no" (fp32, TRL 0.7's behaviour), "bf16"
+    (bfloat16 autocast: CPUs with bf16 matrix instructions, recent GPUs) or "fp16" (float16 autocast with
+    accelerate's gradient scaler: CUDA only). Generation and every policy and reference forward run under
+    autocast; the log-probs, values, KL, advantages and losses are computed in fp32 from their outputs, and the
+    weights and optimizer state stay fp32. ``accelerator_kwargs={"mixed_precision": ...}`` (TRL's way) means the
+    same. None: accelerate's own setting (``accelerate launch --mixed_precision``), else "no". See
+    docs/mixed_precision.md for the measured speed and learning."""
+
     def __post_init__(self) -> None:
         # Old spellings first, so the checks below see the real values.
         if self.forward_batch_size is not None:
@@ -266,6 +282,7 @@ class PPOConfig:
         for name in ("tracker_kwargs", "accelerator_kwargs", "project_kwargs", "push_to_hub_if_best_kwargs"):
             setattr(self, name, _as_dict(getattr(self, name), name))
         self._check_estimator()
+        self._check_mixed_precision()
 
         self.backward_batch_size = self.mini_batch_size * self.gradient_accumulation_steps
         if self.batch_size % self.backward_batch_size != 0:
@@ -303,6 +320,37 @@ class PPOConfig:
             raise ValueError(f"PPOConfig.rollout_logprobs must be one of {ROLLOUT_LOGPROBS} or None, got {self.rollout_logprobs!r}.")
         if self.cliprange_high is not None and self.cliprange_high <= 0:
             raise ValueError(f"PPOConfig.cliprange_high must be positive or None, got {self.cliprange_high!r}.")
+
+    def _check_mixed_precision(self) -> None:
+        given = {"mixed_precision": self.mixed_precision}
+        if "mixed_precision" in self.accelerator_kwargs:
+            given['accelerator_kwargs["mixed_precision"]'] = self.accelerator_kwargs["mixed_precision"]
+        for name, value in given.items():
+            if value is not None and value not in MIXED_PRECISIONS:
+                raise ValueError(
+                    f"PPOConfig.{name} must be one of {MIXED_PRECISIONS} or None, got {value!r}: \"bf16\" for bfloat16 "
+                    "autocast (CPU or GPU), \"fp16\" for float16 autocast with a gradient scaler (CUDA only), \"no\" for fp32."
+                )
+        if None not in given.values() and len(set(given.values())) == 2:
+            raise ValueError(
+                f"PPOConfig.mixed_precision={self.mixed_precision!r} and accelerator_kwargs[\"mixed_precision\"]="
+                f"{self.accelerator_kwargs['mixed_precision']!r} disagree: set only one of them."
+            )
+
+    def requested_mixed_precision(self) -> str | None:
+        """``mixed_precision``, else ``accelerator_kwargs["mixed_precision"]``, else None (accelerate's own setting)."""
+        if self.mixed_precision is not None:
+            return self.mixed_precision
+        return self.accelerator_kwargs.get("mixed_precision")
+
+    def accelerator_settings(self) -> dict[str, Any]:
+        """The keyword arguments of `accelerate.Accelerator`: ``accelerator_kwargs``, with ``mixed_precision``
+        passed on only for "fp16" (accelerate's gradient scaler). "bf16" and "no" are the trainer's own autocast:
+        accelerate keeps its precision in process-wide state that a second trainer with another one could not change."""
+        settings = {k: v for k, v in self.accelerator_kwargs.items() if k != "mixed_precision"}
+        if self.requested_mixed_precision() == "fp16":
+            settings["mixed_precision"] = "fp16"
+        return settings
 
     @property
     def total_ppo_epochs(self) -> int:

@@ -66,6 +66,33 @@ logger = logging.getLogger(__name__)
 SCORE_SCALING_EPS = torch.finfo(torch.float32).eps
 
 
+_FP16_NEEDS_CUDA = (
+    "PPOConfig.mixed_precision='fp16' needs a CUDA device (float16 autocast with a gradient scaler); on CPU use "
+    "mixed_precision='bf16' (bfloat16 autocast, no scaler needed) or 'no' (fp32)."
+)
+#: Autocast dtype of each ``mixed_precision`` (None: no autocast).
+AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _resolve_mixed_precision(requested: str | None, accelerator) -> str:
+    """The trainer's precision: the config's request, else accelerate's own setting (``accelerate launch
+    --mixed_precision``). A request that contradicts a non-fp32 setting of accelerate is refused: accelerate
+    wraps the policy's forward in its own autocast, which the trainer's could not override."""
+    launched = accelerator.mixed_precision
+    if requested is not None and launched != "no" and launched != requested:
+        raise ValueError(
+            f"PPOConfig.mixed_precision={requested!r} but accelerate is set to mixed_precision={launched!r} "
+            "(accelerate launch --mixed_precision, ACCELERATE_MIXED_PRECISION, or an earlier fp16 Accelerator in this "
+            "process): set only one of them."
+        )
+    resolved = requested if requested is not None else launched
+    if resolved not in AUTOCAST_DTYPES:
+        raise ValueError(f"mixed_precision={resolved!r} is not supported by PPOTrainer; use one of {tuple(AUTOCAST_DTYPES)}.")
+    if resolved == "fp16" and accelerator.device.type != "cuda":
+        raise ValueError(_FP16_NEEDS_CUDA)
+    return resolved
+
+
 def _lm(model):
     """The language model inside a value-head wrapper, or the model itself (plain or peft). It stops at the
     peft wrapper, unlike `unwrap_base_model`: the reference of a peft policy is its ``disable_adapter()``."""
@@ -122,11 +149,15 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
+        requested = config.requested_mixed_precision()
+        if requested == "fp16" and not torch.cuda.is_available():
+            raise ValueError(_FP16_NEEDS_CUDA)
         self.accelerator = Accelerator(
             log_with=config.log_with,
             project_config=ProjectConfiguration(**config.project_kwargs),
-            **config.accelerator_kwargs,
+            **config.accelerator_settings(),
         )
+        self.mixed_precision = _resolve_mixed_precision(requested, self.accelerator)
         if config.world_size != self.accelerator.num_processes:
             config._set_world_size(self.accelerator.num_processes)
         self.has_value_head = isinstance(model, SUPPORTED_ARCHITECTURES)
@@ -276,11 +307,11 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
             common = dict(batch_size=batch_size * k, pad_id=self._pad_id, eos_ids=ends, limits=self._limits,
                           device=self.current_device, length_sampler=length_sampler, return_prompt=return_prompt)
             # sharded (FSDP2 / ZeRO-3): parameters gathered once per call, not once per token (_sharding.py)
-            with _sharding.gathered_parameters(policy, self.accelerator):
+            with _sharding.gathered_parameters(policy, self.accelerator), self._autocast():
                 response = generate_responses(policy, queries, **common, behaviour=self._behaviour_recording(policy), **generation_kwargs)
             ref_response = None
             if generate_ref_response:
-                with self._reference_context() as ref, _sharding.gathered_parameters(ref, self.accelerator):
+                with self._reference_context() as ref, _sharding.gathered_parameters(ref, self.accelerator), self._autocast():
                     ref_response = generate_responses(ref, queries, **common, **generation_kwargs)
         if isinstance(query_tensor, Tensor) and k == 1:
             response = response[0].unsqueeze(0)
@@ -324,6 +355,13 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         if self.is_peft_model:
             return _lm(self.accelerator.unwrap_model(self.model)).disable_adapter()
         return contextlib.nullcontext()
+
+    def _autocast(self):
+        """Autocast to the ``mixed_precision`` dtype on the trainer's device; no context at all for "no" (fp32)."""
+        dtype = AUTOCAST_DTYPES[self.mixed_precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.accelerator.device.type, dtype=dtype)
 
     @property
     def _pad_id(self) -> int:
@@ -463,9 +501,15 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         return pad_batch(queries, responses, response_masks, pad_id=self._pad_id, is_encoder_decoder=self.is_encoder_decoder)
 
     def _forward(self, model, batch: PaddedBatch, return_values: bool = True):
-        """One forward pass; returns (logits (n, T, V), values (n, T) or None) at the action positions."""
+        """One forward pass; returns (logits (n, T, V), values (n, T) or None) at the action positions.
+
+        Under ``mixed_precision`` the forward runs under autocast and the logits come back in bf16 / fp16
+        (half the memory autograd keeps); the log-probs and entropies taken from them are computed in fp32
+        (`rlft.functional.logprobs`), the values are fp32 (the value head's output).
+        """
         accepted = self._model_kwargs if model is not self.ref_model else accepted_kwargs(model)
-        return forward_actions(model, batch, accepted=accepted, is_encoder_decoder=self.is_encoder_decoder, return_values=return_values)
+        with self._autocast():
+            return forward_actions(model, batch, accepted=accepted, is_encoder_decoder=self.is_encoder_decoder, return_values=return_values)
 
     def _chunks(self, queries, responses, response_masks):
         """Padded batches of ``mini_batch_size`` consecutive samples (each padded to its own longest)."""
@@ -727,11 +771,17 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         if self._window_updates > 0:
             densify_grad(self._tied_embedding)
             params = [p for p in self.model.parameters() if p.requires_grad]
+            # fp16: the gradients are scaled by accelerate's GradScaler, which itself skips an update whose
+            # gradients overflowed (and lowers its scale): that is not a non-finite step, and the scaler must
+            # see its optimizer step after unscaling (clip_grad_norm_ unscales too).
+            scaled = self.accelerator.scaler is not None
             if self.config.max_grad_norm is not None:
                 norm = self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
             else:
+                if scaled:
+                    self.accelerator.unscale_gradients(self.optimizer)
                 norm = grad_norm(params)
-            if _distributed.any_over_processes(not bool(torch.isfinite(torch.as_tensor(norm))), self.accelerator):
+            if not scaled and _distributed.any_over_processes(not bool(torch.isfinite(torch.as_tensor(norm))), self.accelerator):
                 nonfinite = "the gradients"
                 self.optimizer.zero_grad()
             else:

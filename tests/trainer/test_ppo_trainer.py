@@ -26,7 +26,7 @@ time/ppo/optimize_step time/ppo/calc_stats time/ppo/total""".split()
 RLFT_PPO_FIELDS = {"skip_nonfinite_steps": True, "max_consecutive_nonfinite_steps": 5, "save_total_limit": None,
                    "advantage_estimator": "gae", "num_generations": 1, "kl_in_reward": None, "kl_loss_coef": None,
                    "loss_aggregation": None, "loss_max_tokens": None, "reuse_update_forward": True, "cliprange_high": None,
-                   "rollout_logprobs": None}
+                   "rollout_logprobs": None, "mixed_precision": None}
 
 
 def make_trainer(model_path, tokenizer, arch="gpt2", ref=False, **cfg):
