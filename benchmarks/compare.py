@@ -4,6 +4,7 @@
     python benchmarks/compare.py                    # every workload, 3 interleaved repeats
     python benchmarks/compare.py --workloads dpo,ppo --repeats 5 --profile --json out.json
     python benchmarks/compare.py --workloads reward_tiny_long --rlft-src /tmp/old   # rlft from another source tree
+    python benchmarks/compare.py --workloads ppo --mixed-precision bf16            # both sides under bf16 autocast
 
 Every Trainer workload (SFT padded / packed, reward, DPO) comes in four rows, so that a win
 on one shape or setting is not read as a general one: ``<name>`` (gradient checkpointing off
@@ -85,6 +86,8 @@ def run_worker(impl: str, workload: spec.Workload, args, fixtures_dir: str, prof
         cmd += ["--steps", str(args.steps)]
     if profile:
         cmd.append("--profile")
+    if args.mixed_precision == "bf16":
+        cmd.append("--bf16")  # both sides: Trainer workloads bf16=True, PPO workloads mixed_precision="bf16"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
     env.pop("PYTHONPATH", None)
@@ -192,6 +195,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--arch", default="gpt2", choices=fixtures.ARCHS)
     parser.add_argument("--steps", type=int, default=None, help="override every workload's timed steps")
     parser.add_argument("--profile", action="store_true", help="one more profiled run per side: where the time goes")
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16"),
+                        help="bf16: both sides under bf16 autocast (Trainer workloads: bf16=True; PPO workloads: "
+                             "mixed_precision='bf16', TRL's through accelerator_kwargs); weights stay fp32")
     parser.add_argument("--wait-quiet", type=float, default=120.0, help="seconds to wait for a quiet machine before each run")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--fixtures", default=None, help="fixture folder (default: a fresh temporary one)")

@@ -124,7 +124,8 @@ def run_ppo(ctx) -> None:
                                            lora_dropout=0.0, fan_in_fan_out=lora["fan_in_fan_out"], task_type="CAUSAL_LM")
     model = AutoModelForCausalLMWithValueHead.from_pretrained(ctx.model(), **kwargs)
     config = PPOConfig(batch_size=ps["batch"], mini_batch_size=ps["mini_batch"], ppo_epochs=ps["epochs"],
-                       learning_rate=ps["learning_rate"], seed=0)
+                       learning_rate=ps["learning_rate"], seed=0,
+                       **({"mixed_precision": "bf16"} if ctx.bf16 else {}))  # (an older --rlft-src lacks the field)
     trainer = PPOTrainer(config, model, None, ctx.tokenizer, num_shared_layers=ps["num_shared_layers"])
     prompts = _prompt_tensors(ctx, ps["batch"])
     gen = spec.ppo_generation_kwargs(ctx.tokenizer.eos_token_id, ps["new_tokens"])
