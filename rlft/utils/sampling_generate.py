@@ -11,6 +11,9 @@ The tokens come from the same distribution as transformers' sampling, not the sa
 stream: a seeded run draws different (equally likely) tokens than ``model.generate`` would.
 Set the environment variable ``RLFT_SAMPLER=transformers`` to use transformers' sampling.
 
+Every call runs with the model's fp32 linear layers packed for oneDNN (`rlft.utils.decode.packed_linears`):
+the same products 2-3x faster on CPU, equal to fp32 rounding; ``RLFT_DECODE_LINEARS=torch`` switches that off.
+
 Only plain sampling takes this path: ``do_sample`` true, one beam, and no other sampling warper
 (min_p, typical_p, epsilon/eta cutoffs, top_h), no watermarking, no assistant model, no
 ``output_scores`` (the processed scores would be the one-hot ones). Anything else goes to
@@ -21,12 +24,13 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..functional.sampling import sample_categorical
+from .decode import packed_linears
 
 #: transformers' values for generation settings neither the call nor the model's config set.
 _GLOBAL_DEFAULTS = {"do_sample": False, "num_beams": 1, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
@@ -45,8 +49,12 @@ class InverseCDFSampling:
     Returns (B, V) scores: 0 at the drawn token, -inf elsewhere (so greedy decoding takes it).
     """
 
-    def __init__(self, temperature: float = 1.0, top_k: Optional[int] = None, top_p: float = 1.0):
-        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0):
+        from transformers import (
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         self.warpers = []  # in transformers' order: temperature, top-k, top-p
         if temperature is not None and temperature != 1.0:
@@ -84,7 +92,7 @@ def model_generation_config(model):
     return getattr(unwrap_base_model(model), "generation_config", None)
 
 
-def sampling_plan(model, kwargs: dict) -> Optional[dict]:
+def sampling_plan(model, kwargs: dict) -> dict | None:
     """(temperature, top_k, top_p) for the inverse-CDF path, or None when ``model.generate`` must sample."""
     if os.environ.get("RLFT_SAMPLER", "").lower() in ("transformers", "hf", "multinomial"):
         return None
@@ -99,8 +107,22 @@ def sampling_plan(model, kwargs: dict) -> Optional[dict]:
     return {name: _setting(name, kwargs, configs) for name in ("temperature", "top_k", "top_p")}
 
 
+def _rows(kwargs: dict) -> int | None:
+    """Rows per decoding step (batch x returned sequences), the packed weights' layout hint; None if unknown."""
+    ids = kwargs.get("input_ids")
+    if not isinstance(ids, Tensor) or ids.dim() != 2:
+        return None
+    return ids.shape[0] * int(kwargs.get("num_return_sequences") or 1)
+
+
 def generate(model, **kwargs) -> Tensor:
-    """``model.generate(**kwargs)``, with plain sampling drawn by `InverseCDFSampling` where it applies."""
+    """``model.generate(**kwargs)``, with plain sampling drawn by `InverseCDFSampling` where it applies,
+    and the linear layers packed for the call (`packed_linears`)."""
+    with packed_linears(model, _rows(kwargs)):
+        return _generate(model, kwargs)
+
+
+def _generate(model, kwargs: dict) -> Tensor:
     plan = sampling_plan(model, kwargs)
     if plan is None:
         return model.generate(**kwargs)

@@ -1,0 +1,161 @@
+"""rlft.utils.decode.packed_linears: generation with oneDNN-packed fp32 weights against torch's own linears
+(``RLFT_DECODE_LINEARS=torch``, the path before it), on the tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+from rlft.trainer._helpers import pad_with_mask
+from rlft.utils.decode import DECODE_LINEARS_ENV, packed_linears, packing_available
+from rlft.utils.sampling_generate import generate
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packed linear")
+
+#: Ragged prompts: batched generation left-pads them.
+PROMPTS = ([5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [15], [16, 17, 18, 19, 20, 21, 22], [23, 24])
+#: fp32 products summed in another order: outputs agree to a few ulps of their magnitude.
+FORWARD_ATOL = 1e-5
+#: Pure sampling from the model's distribution.
+SAMPLE = {"do_sample": True, "top_k": 0, "top_p": 1.0}
+
+
+def _batch(pad_id, side="left"):
+    return pad_with_mask([torch.tensor(p) for p in PROMPTS], pad_id, side)
+
+
+def _generate(model, monkeypatch, linears, seed, **kwargs):
+    monkeypatch.setenv(DECODE_LINEARS_ENV, linears)
+    torch.manual_seed(seed)
+    return generate(model, **kwargs)
+
+
+def _counting_packed_calls(fn):
+    """(fn(), how many oneDNN packed linear calls it made)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = fn()
+    return out, sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
+
+
+def _patched(model):
+    return [name for name, m in model.named_modules() if "forward" in m.__dict__]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_forward_under_packing_matches_torch_and_modules_are_restored(model_path, arch):
+    model = AutoModelForCausalLM.from_pretrained(model_path(arch)).eval()
+    ids, mask = _batch(0)
+    with torch.no_grad():
+        for m in model.modules():  # random init leaves biases at zero: give them values that count
+            if getattr(m, "bias", None) is not None and m.bias.dim() == 1:
+                m.bias.normal_(0.0, 0.5)
+        want = model(input_ids=ids, attention_mask=mask).logits
+        with packed_linears(model, rows=ids.shape[0]) as n:
+            patched = _patched(model)
+            got, calls = _counting_packed_calls(lambda: model(input_ids=ids, attention_mask=mask).logits)
+    linears = sum(type(m).__name__ in ("Linear", "Conv1D") for m in model.modules())
+    assert n == len(patched) == linears > 0  # every linear layer, the (tied) LM head included
+    assert calls == linears  # each linear layer ran the packed kernel...
+    torch.testing.assert_close(got, want, atol=FORWARD_ATOL, rtol=0)  # ...and gave the same products
+    assert _patched(model) == []
+
+
+def test_grad_autocast_and_errors_take_the_modules_own_forward(model_path):
+    model = AutoModelForCausalLM.from_pretrained(model_path("gpt2"))
+    ids, mask = _batch(0)
+    want = model(input_ids=ids, attention_mask=mask).logits
+    with packed_linears(model):
+        got, calls = _counting_packed_calls(lambda: model(input_ids=ids, attention_mask=mask).logits)
+        assert calls == 0 and torch.equal(got, want)  # gradients on: torch's kernels, bit for bit
+        got.sum().backward()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model(input_ids=ids, attention_mask=mask).logits.dtype == torch.bfloat16
+    assert model.transformer.h[0].attn.c_attn.weight.grad is not None
+    with pytest.raises(RuntimeError, match="boom"), packed_linears(model):
+        raise RuntimeError("boom")
+    assert _patched(model) == []
+
+
+def test_the_env_switch_turns_packing_off_and_rejects_unknown_values(model_path, monkeypatch):
+    model = AutoModelForCausalLM.from_pretrained(model_path("gpt2"))
+    monkeypatch.setenv(DECODE_LINEARS_ENV, "torch")
+    with packed_linears(model) as n:
+        assert n == 0 and _patched(model) == []
+    monkeypatch.setenv(DECODE_LINEARS_ENV, "fast")
+    with pytest.raises(ValueError, match="'packed'.*'torch'"), packed_linears(model):
+        pass
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("stop", ["max_new_tokens", "eos_and_min_length"])
+def test_generate_draws_the_same_tokens_as_torch_linears(model_path, monkeypatch, arch, stop):
+    """Same seed, same tokens: left-padded ragged prompts, EOS / min_new_tokens / pad as transformers applies them."""
+    model = AutoModelForCausalLM.from_pretrained(model_path(arch)).eval()
+    eos = model.generation_config.eos_token_id
+    ids, mask = _batch(eos)
+    gen = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 12, "pad_token_id": eos, **SAMPLE}
+    if stop == "eos_and_min_length":
+        # a strong EOS logit bias makes rows stop at different steps once min_new_tokens allows it
+        with torch.no_grad():
+            bias = model.get_output_embeddings()
+            if getattr(bias, "bias", None) is None:
+                model.get_output_embeddings().bias = torch.nn.Parameter(torch.zeros(bias.weight.shape[0]))
+            model.get_output_embeddings().bias[eos] = 5.0
+        gen.update(min_new_tokens=3)
+    for seed in range(3):
+        want = _generate(model, monkeypatch, "torch", seed, **gen)
+        got = _generate(model, monkeypatch, "packed", seed, **gen)
+        assert torch.equal(got, want)
+    if stop == "eos_and_min_length":
+        new = want[:, ids.shape[1]:]
+        ended = (new == eos).any(1)
+        assert ended.any() and (new[:, :3] != eos).all()  # some rows stopped, none before min_new_tokens
+
+
+def test_lora_policy_draws_the_same_tokens(model_path, monkeypatch):
+    import peft
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_path("gpt2"))
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
+                                                      target_modules=["c_attn", "c_fc"], fan_in_fan_out=True,
+                                                      task_type="CAUSAL_LM")).eval()
+    eos = base.generation_config.eos_token_id
+    ids, mask = _batch(eos)
+    gen = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 10, "pad_token_id": eos, **SAMPLE}
+    with torch.no_grad(), packed_linears(model) as n:
+        assert n > 0  # the LoRA base layers and the adapter matrices are packed too
+    for seed in range(2):
+        assert torch.equal(_generate(model, monkeypatch, "packed", seed, **gen), _generate(model, monkeypatch, "torch", seed, **gen))
+    # the adapter is on while generating: with it disabled the tokens differ
+    with model.disable_adapter():
+        plain = _generate(model, monkeypatch, "packed", 0, **gen)
+    assert not torch.equal(plain, _generate(model, monkeypatch, "packed", 0, **gen))
+
+
+def test_encoder_decoder_draws_the_same_tokens(model_path, monkeypatch):
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_path("t5")).eval()
+    pad = model.generation_config.pad_token_id
+    ids, mask = _batch(pad, side="right")
+    gen = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 8, **SAMPLE}
+    for seed in range(2):
+        assert torch.equal(_generate(model, monkeypatch, "packed", seed, **gen), _generate(model, monkeypatch, "torch", seed, **gen))
+
+
+def test_sampling_distribution_is_unchanged(model_path, monkeypatch):
+    """The first token's empirical distribution over many draws matches the model's softmax (chi-square-like bound)."""
+    model = AutoModelForCausalLM.from_pretrained(model_path("gpt2")).eval()
+    eos = model.generation_config.eos_token_id
+    n = 4000
+    ids = torch.tensor([PROMPTS[0]]).repeat(n, 1)
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=ids[:1]).logits[0, -1], -1)  # (V,)
+    drawn = _generate(model, monkeypatch, "packed", 0, input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                      top_k=0, top_p=1.0, max_new_tokens=1, pad_token_id=eos)[:, -1]
+    freq = torch.bincount(drawn, minlength=probs.shape[0]).double() / n
+    top = probs.argsort(descending=True)[:20]  # the tokens with enough mass to test
+    sd = (probs[top].double() * (1 - probs[top].double()) / n).sqrt()
+    assert ((freq[top] - probs[top].double()).abs() <= 5 * sd + 1e-3).all()
