@@ -11,9 +11,11 @@ CPU processes: see docs/distributed.md).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -186,6 +188,25 @@ def _from_accelerate_file(path: str, values: dict) -> dict:
         elif "accelerator_kwargs" in values:  # PPO: accelerate's own setting
             out["accelerator_kwargs"] = {**(values.get("accelerator_kwargs") or {}), "mixed_precision": precision}
     return out
+
+
+@contextlib.contextmanager
+def outside_zero3_init() -> Iterator[None]:
+    """Inside the block transformers builds models whole, even after ``TrainingArguments(deepspeed=<ZeRO-3 file>)``.
+
+    Those arguments make every later ``from_config`` / ``from_pretrained`` partition the model while it
+    is built (``zero.Init``): right for the trainer's model, wrong for the tiny model that ``--tiny``
+    builds and saves to a folder before anything loads (its saved weights would be empty partitions).
+    transformers reads that setting from a module-level reference, which is restored on leaving.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = ref
 
 
 # ---------------------------------------------------------------------- PPO: accelerate plugins

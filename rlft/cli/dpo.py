@@ -9,7 +9,7 @@ from typing import Optional
 
 from ._args import merged_config, options_from_signature
 from ._lora import LoraOptions, lora_config
-from ._shard import ShardingOptions, announce, check_launch, requested
+from ._shard import ShardingOptions, announce, check_launch, outside_zero3_init, requested
 from ._run import Finish, Plot, TrainEvalOptions, finish_run, open_run, run_result, train_hf, trainer_summary, trend
 
 DESCRIPTION = "Direct preference optimisation (DPOTrainer) of a language model on prompt/chosen/rejected triples."
@@ -68,8 +68,9 @@ def run(args: DPOScriptArguments, options, training_args) -> dict:
     from . import _data, _load
 
     check_launch("dpo", requested(training_args.fsdp, training_args.deepspeed))
-    model_path = _load.model_folder(args.model_name_or_path)
-    ref_path = _load.model_folder(args.ref_model_name_or_path, "--ref_model_name_or_path") if args.ref_model_name_or_path else None
+    with outside_zero3_init():  # a tiny model is built and saved whole
+        model_path = _load.model_folder(args.model_name_or_path)
+        ref_path = _load.model_folder(args.ref_model_name_or_path, "--ref_model_name_or_path") if args.ref_model_name_or_path else None
     tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path)
     train, evaluation = _data.train_eval(args, kind="preference")
     _load.require_columns(train, ["prompt", "chosen", "rejected"], "--dataset (DPO needs prompt, chosen and rejected columns)")
@@ -85,7 +86,8 @@ def run(args: DPOScriptArguments, options, training_args) -> dict:
     )
     announce("dpo", trainer.accelerator, requested(training_args.fsdp, training_args.deepspeed))
     prompts = [str(p) for p in train["prompt"][: args.num_samples]]
-    before = _data.lm_samples(run_dir, "before", trainer.model, tokenizer, prompts, args, training_args.seed, resume=args.resume)
+    before = _data.lm_samples(run_dir, "before", trainer.model, tokenizer, prompts, args, training_args.seed, resume=args.resume,
+                              accelerator=trainer.accelerator)  # ZeRO-3 loads the model partitioned: gathered for the call
 
     interrupted = train_hf(trainer, run_dir, args, "dpo", BAR_KEYS)
     after = _data.lm_samples(run_dir, "after", trainer.model, tokenizer, prompts, args, training_args.seed, accelerator=trainer.accelerator)

@@ -7,7 +7,7 @@ from typing import Optional
 
 from ._args import merged_config
 from ._lora import LoraOptions, lora_config
-from ._shard import ShardingOptions, announce, check_launch, requested
+from ._shard import ShardingOptions, announce, check_launch, outside_zero3_init, requested
 from ._run import Finish, Plot, TrainEvalOptions, finish_run, open_run, run_result, train_hf, trainer_summary, trend
 
 DESCRIPTION = "Train a reward model (RewardTrainer) on pairs of chosen and rejected texts."
@@ -58,7 +58,8 @@ def run(args: RewardScriptArguments, config) -> dict:
     from . import _data, _load
 
     check_launch("reward", requested(config.fsdp, config.deepspeed))
-    model_path = _load.model_folder(args.model_name_or_path)
+    with outside_zero3_init():  # a tiny model is built and saved whole
+        model_path = _load.model_folder(args.model_name_or_path)
     tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path, padding_side="right")
     train, evaluation = _data.train_eval(args, kind="preference")
     _load.require_columns(train, [args.chosen_column, args.rejected_column], "--chosen_column / --rejected_column")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from ._args import merged_config, options_from_signature
 from ._lora import LoraOptions, lora_config
-from ._shard import ShardingOptions, announce, check_launch, requested
+from ._shard import ShardingOptions, announce, check_launch, outside_zero3_init, requested
 from ._run import Finish, Plot, TrainEvalOptions, finish_run, fmt, mean_of, open_run, run_result, train_hf, trainer_summary
 
 DESCRIPTION = "Supervised fine-tuning (SFTTrainer) of a causal language model on a text dataset."
@@ -58,7 +58,8 @@ def run(args: SFTScriptArguments, options, training_args) -> dict:
     from . import _data, _load
 
     check_launch("sft", requested(training_args.fsdp, training_args.deepspeed))
-    model_path = _load.model_folder(args.model_name_or_path)
+    with outside_zero3_init():  # a tiny model is built and saved whole
+        model_path = _load.model_folder(args.model_name_or_path)
     tokenizer = _load.load_tokenizer(args.tokenizer_name_or_path or model_path)
     train, evaluation = _data.train_eval(args, kind="text")
     text_field = options.dataset_text_field or _load.pick_column(train, None, ("text", "content", "completion"), "--dataset_text_field")
@@ -73,7 +74,9 @@ def run(args: SFTScriptArguments, options, training_args) -> dict:
     )
     announce("sft", trainer.accelerator, requested(training_args.fsdp, training_args.deepspeed))
     prompts = _data.text_prompts(train[text_field][: args.num_samples], tokenizer, args.sample_prompt_tokens)
-    before = _data.lm_samples(run_dir, "before", trainer.model, tokenizer, prompts, args, training_args.seed, resume=args.resume)
+    # with the accelerator: under ZeRO-3 the model was loaded partitioned (zero.Init) and is gathered for the call
+    before = _data.lm_samples(run_dir, "before", trainer.model, tokenizer, prompts, args, training_args.seed, resume=args.resume,
+                              accelerator=trainer.accelerator)
 
     interrupted = train_hf(trainer, run_dir, args, "sft", BAR_KEYS, count_tokens=True)
     after = _data.lm_samples(run_dir, "after", trainer.model, tokenizer, prompts, args, training_args.seed, accelerator=trainer.accelerator)

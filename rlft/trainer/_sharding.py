@@ -22,7 +22,7 @@ here, once for every trainer (docs/distributed.md says what was tested):
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -102,12 +102,47 @@ def gathered_parameters(model: torch.nn.Module, accelerator) -> Iterator[None]:
             yield
         return
     if is_zero3(accelerator):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        with _zero3_gathered(model, accelerator):
             yield
         return
     yield
+
+
+@contextlib.contextmanager
+def _zero3_gathered(model: torch.nn.Module, accelerator) -> Iterator[None]:
+    """ZeRO-3: ``GatheredParameters`` over ``model``, with the hooks of the engine that runs it set aside.
+
+    The engine fetches and releases parameters in hooks around every submodule's forward. Once it
+    has recorded a full forward/backward (after a few training steps: transformers' Trainer), those
+    hooks also prefetch and release by that record while ``generate`` runs inside the block, and
+    leave parameters half gathered ("in flight"): ``GatheredParameters`` then fails to partition them
+    again. So the block starts from a released model (``empty_partition_cache``, DeepSpeed's call
+    between steps; it frees, no collective), runs with the hooks removed, and puts them back after.
+    """
+    import deepspeed
+
+    offload = _zero3_offload(model, accelerator)
+    if offload is not None:
+        offload.empty_partition_cache()
+        offload._remove_module_hooks()
+    try:
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield
+    finally:
+        if offload is not None:
+            offload.setup_zero_stage3_hooks()  # re-registered hooks start a new record (DeepSpeed invalidates the old)
+
+
+def _zero3_offload(model: torch.nn.Module, accelerator):
+    """The ZeRO-3 parameter manager (``DeepSpeedZeRoOffload``) of the engine that is ``model`` or wraps it, else None
+    (a model no engine runs: its parameters have no hooks)."""
+    from deepspeed import DeepSpeedEngine
+
+    for engine in [model, *getattr(accelerator, "_models", [])]:
+        if isinstance(engine, DeepSpeedEngine) and (engine is model or engine.module is model):
+            manager = getattr(engine.optimizer, "parameter_offload", engine.optimizer)  # training engine / inference engine
+            return manager if hasattr(manager, "setup_zero_stage3_hooks") else None
+    return None
 
 
 def prepare_reference(ref_model: torch.nn.Module, accelerator, shard: bool = True) -> torch.nn.Module:

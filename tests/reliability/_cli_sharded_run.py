@@ -1,9 +1,10 @@
 """``rlft <command> ...`` on each process of ``python -m torch.distributed.run --nproc_per_node 2 _cli_sharded_run.py <command> ...``,
-with accelerate put on its FSDP2 path on CPU processes (the shim of _sharded_run.py; accelerate 1.16 shards
-only on GPUs and would run DDP here).
+with accelerate put on its FSDP2 or DeepSpeed path on CPU processes (the shims of _sharded_run.py; accelerate
+1.16 shards only on GPUs and would run DDP here). DeepSpeed needs ``DS_ACCELERATOR=cpu`` in the environment.
 
-The shim is applied where accelerate's ``Accelerator`` is built with an FSDP plugin (PPOTrainer, or
-transformers' Trainer), with that very plugin: what the command line built from ``--fsdp`` is what runs.
+The shim is applied where accelerate's ``Accelerator`` is built with an FSDP or DeepSpeed plugin (PPOTrainer,
+or transformers' Trainer), with that very plugin: what the command line built from ``--fsdp`` or
+``--deepspeed CONFIG`` is what runs.
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
 
-def _shim_fsdp_plugins() -> None:
+def _shim_sharding_plugins() -> None:
     import accelerate
 
-    from _sharded_run import use_fsdp2_on_cpu
+    from _sharded_run import use_deepspeed_plugin_on_cpu, use_fsdp2_on_cpu
 
     original = accelerate.Accelerator.__init__
 
     def init(self, *args, **kwargs):
         if kwargs.get("fsdp_plugin") is not None:
             use_fsdp2_on_cpu(kwargs["fsdp_plugin"])
+        plugin = kwargs.pop("deepspeed_plugin", None) or kwargs.pop("deepspeed_plugins", None)
+        if plugin is not None:  # accelerate then takes the plugin from its shared state (a second Accelerator may not pass one)
+            use_deepspeed_plugin_on_cpu(plugin)
         original(self, *args, **kwargs)
 
     accelerate.Accelerator.__init__ = init
@@ -37,7 +41,11 @@ def main() -> int:
 
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _shim_fsdp_plugins()
+    _shim_sharding_plugins()
+    if "--deepspeed" in sys.argv:  # on GPUs accelerate does this when TrainingArguments(deepspeed=...) sets up its devices
+        from _sharded_run import init_deepspeed_on_cpu
+
+        init_deepspeed_on_cpu()
     from rlft.cli import main as rlft_main
 
     code = rlft_main(sys.argv[1:])

@@ -12,8 +12,9 @@ DCP checkpoints) as on GPUs, only over gloo.
 MODE "ppo": 3 PPOTrainer steps on a global batch of 8 (a NaN score on one process at step 2), then
 generation with a different number of new tokens on each process (all-gathers counted), then
 save_checkpoint and `_sharding.save_pretrained` (OUT/pretrained). Options: "peft" (LoRA policy), "resume=CKPT"
-(load CKPT first, run 1 step), "zero2" / "zero3" (DeepSpeed ZeRO on CPU processes instead of FSDP2; no
-checkpoint), "offload" (FSDP2 with CPUOffloadPolicy).
+(load CKPT first, run 1 step), "zero2" / "zero3" (DeepSpeed ZeRO on CPU processes instead of FSDP2; with them
+the fp32 weights and Adam moments are written at the save and, with "resume", after the load:
+OUT/optimizer.safetensors, OUT/loaded_optimizer.safetensors), "offload" (FSDP2 with CPUOffloadPolicy).
 MODE "sft" / "reward" / "dpo" / "isft": 3 optimizer steps of SFTTrainer / RewardTrainer / DPOTrainer /
 IterativeSFTTrainer with a global batch of 4 (FSDP2 through TrainingArguments' fsdp / fsdp_config); options
 "wrap=<block class>" (a model other than GPT-2) and "unsharded" (no FSDP shim: a one-process baseline).
@@ -72,15 +73,31 @@ def use_deepspeed_on_cpu(stage: int) -> None:
     DeepSpeed counts all of them). Here the process group comes from the CPU path and DeepSpeed's
     communication wraps it.
     """
+    from accelerate.utils import DeepSpeedPlugin
+
+    use_deepspeed_plugin_on_cpu(DeepSpeedPlugin(zero_stage=stage, gradient_accumulation_steps=1, zero3_init_flag=stage == 3))
+
+
+def init_deepspeed_on_cpu() -> None:
+    """The CPU process group (gloo) with DeepSpeed's communication on it: what accelerate's ``PartialState``
+    does on GPUs (``deepspeed.init_distributed``) when DeepSpeed is asked for. Before it, DeepSpeed counts
+    one process (e.g. in ``zero.Init``'s batch-size check). Idempotent."""
     import deepspeed
-    from accelerate import Accelerator, PartialState
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DeepSpeedPlugin, DistributedType
+    from accelerate import Accelerator
 
     Accelerator(cpu=True)
     deepspeed.init_distributed(dist_backend="gloo")
+
+
+def use_deepspeed_plugin_on_cpu(plugin) -> None:
+    """`use_deepspeed_on_cpu` with a given ``DeepSpeedPlugin`` (e.g. the one ``rlft ppo --deepspeed CONFIG``
+    or transformers' ``TrainingArguments(deepspeed=CONFIG)`` built from a JSON file)."""
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    init_deepspeed_on_cpu()
     PartialState().distributed_type = DistributedType.DEEPSPEED
-    plugin = DeepSpeedPlugin(zero_stage=stage, gradient_accumulation_steps=1, zero3_init_flag=stage == 3)
     plugin.set_mixed_precision("no")
     plugin.select(_from_accelerator_state=True)  # also makes transformers load under zero.Init at stage 3
     AcceleratorState().deepspeed_plugins = plugin
@@ -141,13 +158,18 @@ def run_ppo(model_dir: str, out: Path, *options: str) -> None:
             trainer.load_checkpoint(opts["resume"])
     info = {"world": world, "sharding": _sharding.sharding_summary(trainer.accelerator),
             "warnings": [str(w.message) for w in caught], "rss_mb": {}}
-    if "resume" in opts:  # the parameters as loaded, before any step
-        loaded = full_params(trainer.accelerator.unwrap_model(trainer.model))
+    deepspeed = any(o.startswith("zero") for o in opts)
+    if "resume" in opts:  # the parameters (and under DeepSpeed the optimizer state) as loaded, before any step
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        loaded = _zero3_full_params(policy) if "zero3" in opts else full_params(policy)
+        moments = _deepspeed_optimizer_state(policy) if deepspeed else None
         if rank == 0:
             from safetensors.torch import save_file
 
             out.mkdir(parents=True, exist_ok=True)
             save_file(loaded, str(out / "loaded.safetensors"))
+            if moments is not None:
+                save_file(moments, str(out / "loaded_optimizer.safetensors"))
     steps = range(trainer.current_step, trainer.current_step + 1) if "resume" in opts else range(STEPS)
     history = []
     for step in steps:
@@ -175,8 +197,13 @@ def run_ppo(model_dir: str, out: Path, *options: str) -> None:
         info["generated_lengths"] = [len(x) for x in responses[0]]
         info["all_gathers_in_generate"] = counter["n"]
         info["fsdp_groups"] = len(_sharding.fsdp2_modules(policy)) + len(_sharding.fsdp2_modules(trainer.ref_model or torch.nn.Module()))
-        if not any(o.startswith("zero") for o in opts):  # DeepSpeed checkpoints: not covered here
-            info["checkpoint"] = str(trainer.save_checkpoint(out / "run"))
+        info["checkpoint"] = str(trainer.save_checkpoint(out / "run"))
+        if deepspeed:  # what the checkpoint holds, from the engine itself: weights and Adam moments, whole
+            moments = _deepspeed_optimizer_state(policy)
+            if rank == 0:
+                from safetensors.torch import save_file
+
+                save_file(moments, str(out / "optimizer.safetensors"))
         # a from_pretrained folder from the sharded policy: PPOTrainer.save_pretrained on every process
         # (_sharding.save_pretrained gathers on each, the main one writes)
         trainer.save_pretrained(str(out / "pretrained"))
@@ -372,6 +399,21 @@ def _zero3_full_params(model) -> dict:
 
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
         return {n: p.detach().clone().contiguous() for n, p in model.named_parameters()}
+
+
+def _deepspeed_optimizer_state(model) -> dict:
+    """Every parameter's fp32 master copy and Adam moments, whole, from a DeepSpeed ZeRO engine's optimizer
+    (``name``, ``name/exp_avg``, ``name/exp_avg_sq``). A collective: call on every process."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    out = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        out[name] = safe_get_full_fp32_param(param).detach().cpu().clone()
+        for key in ("exp_avg", "exp_avg_sq"):
+            out[f"{name}/{key}"] = safe_get_full_optimizer_state(param, key).detach().cpu().clone()
+    return out
 
 
 def _local_bytes(model, optimizer) -> dict:

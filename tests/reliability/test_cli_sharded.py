@@ -1,7 +1,9 @@
-"""``rlft sft --fsdp`` and ``rlft ppo --fsdp`` on 2 CPU processes (gloo), accelerate on its FSDP2 path through
-the tests' shim (_cli_sharded_run.py): the sharding line is printed once, only the main process writes the
-run directory, the processes train on different prompts, and ``model/`` holds the full trained model
-(for PPO: gathered on every process by ``rlft.trainer._sharding.save_pretrained``, not a hang)."""
+"""``rlft sft`` and ``rlft ppo`` with ``--fsdp`` and ``--deepspeed CONFIG`` on 2 CPU processes (gloo), accelerate on
+its FSDP2 or DeepSpeed path through the tests' shim (_cli_sharded_run.py): the sharding line is printed once, only
+the main process writes the run directory, the processes train on different prompts, and ``model/`` holds the
+full trained model (for PPO: gathered on every process by ``rlft.trainer._sharding.save_pretrained``, not a hang).
+Under DeepSpeed, ``model/`` is compared tensor by tensor with DeepSpeed's own consolidation of the run's last
+checkpoint (``zero_to_fp32``: the fp32 master weights of the optimizer partitions), an independent path."""
 
 from __future__ import annotations
 
@@ -23,14 +25,19 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")]
 
 
-def launch(*argv: str, nproc: int = 2, timeout: int = 170) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+#: The ready DeepSpeed files of examples/configs (ZeRO-2 and ZeRO-3, "auto" values filled by rlft or transformers).
+DS_CONFIGS = {2: "examples/configs/accelerate/ds_zero2.json", 3: "examples/configs/accelerate/ds_zero3.json"}
+
+
+def launch(*argv: str, nproc: int = 2, timeout: int = 170, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **(env or {}))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", port, str(SCRIPT), *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if ": error: " in line]  # rlft's one-line errors
+    assert proc.returncode == 0, "\n".join(errors[:4]) + "\n" + proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
 
@@ -82,3 +89,70 @@ def test_rlft_ppo_fsdp_two_processes(tmp_path):
     assert moved > 0  # trained
     lm = trained.pretrained_model
     assert lm.get_output_embeddings().weight is lm.get_input_embeddings().weight  # the tied head loads tied
+
+
+def deepspeed_weights(checkpoint: Path, tag: str | None = None) -> dict:
+    """DeepSpeed's consolidation of a ZeRO checkpoint (fp32 weights gathered from every process's partition)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=tag)
+
+
+def assert_same_parameters(model: torch.nn.Module, reference: dict) -> None:
+    params = dict(model.named_parameters())
+    assert set(params) <= set(reference), sorted(set(params) - set(reference))[:5]
+    differ = [n for n, p in params.items() if not torch.equal(p.detach(), reference[n].to(p.dtype))]
+    assert not differ, differ[:5]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_rlft_ppo_deepspeed_two_processes(tmp_path, stage):
+    """``rlft ppo --tiny --deepspeed ds_zero<stage>.json``: the value-head model in model/ is exactly the trained one."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is optional: DS_BUILD_OPS=0 pip install deepspeed")
+    from rlft import AutoModelForCausalLMWithValueHead
+    from rlft.cli._load import tiny_model_folder
+
+    run = tmp_path / "ppo"
+    proc = launch("ppo", "--tiny", "--deepspeed", DS_CONFIGS[stage], "--output_dir", str(run), "--no_plots",
+                  "--num_samples", "2", env={"DS_ACCELERATOR": "cpu"})
+    assert proc.stdout.count(f"rlft ppo: sharding: DeepSpeed ZeRO-{stage} over 2 processes") == 1, proc.stdout
+    assert proc.stdout.count("rlft ppo: done.") == 1  # the summary: main process only
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # each step logged once, not once per process
+    assert all(r["ppo/nonfinite/skipped"] == 0 for r in rows)
+    assert len((run / "samples" / "after.jsonl").read_text().splitlines()) == 2
+    ckpts = sorted((run / "checkpoints").iterdir())
+    last = ckpts[-1]
+    assert last.name == "checkpoint-4" and (last / "pytorch_model").is_dir()  # the engine's own files
+
+    trained = AutoModelForCausalLMWithValueHead.from_pretrained(str(run / "model"))
+    assert_same_parameters(trained, deepspeed_weights(last, "pytorch_model"))  # value head included
+    start = AutoModelForCausalLMWithValueHead.from_pretrained(tiny_model_folder("tiny-gpt2"))
+    moved = max(float((a - b).abs().max()) for a, b in zip(trained.pretrained_model.parameters(), start.pretrained_model.parameters()))
+    assert moved > 0  # trained
+    lm = trained.pretrained_model
+    assert lm.get_output_embeddings().weight is lm.get_input_embeddings().weight  # the tied head loads tied
+    assert "deepspeed: examples/configs/accelerate/ds_zero" in (run / "config.yaml").read_text()  # --resume continues sharded
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_rlft_sft_deepspeed_two_processes(tmp_path, stage):
+    """``rlft sft --tiny --deepspeed ds_zero<stage>.json`` (transformers' DeepSpeed path): model/ is the trained model."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is optional: DS_BUILD_OPS=0 pip install deepspeed")
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "sft"
+    proc = launch("sft", "--tiny", "--deepspeed", DS_CONFIGS[stage], "--output_dir", str(run), "--no_plots",
+                  "--num_samples", "2", env={"DS_ACCELERATOR": "cpu"})
+    assert proc.stdout.count(f"rlft sft: sharding: DeepSpeed ZeRO-{stage} over 2 processes") == 1, proc.stdout
+    assert proc.stdout.count("rlft sft: done.") == 1
+    rows = [r for r in metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert len((run / "samples" / "after.jsonl").read_text().splitlines()) == 2
+    last = run / "checkpoints" / "checkpoint-6"
+    assert (last / "global_step6").is_dir()  # transformers' DeepSpeed checkpoint
+
+    trained = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert all(type(p).__name__ == "Parameter" and p.numel() > 0 for p in trained.parameters())  # whole, not partitions
+    assert_same_parameters(trained, deepspeed_weights(last))
