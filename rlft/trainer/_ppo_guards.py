@@ -14,6 +14,25 @@ from . import _distributed, _ppo_stats
 from ._ppo_types import StepInputs
 
 
+def gradients_finite(parameters: list[Tensor]) -> bool:
+    """Whether every gradient of ``parameters`` is finite (parameters without one are skipped).
+
+    One fused pass per (device, dtype) group through torch's own check for the gradient scaler
+    (`GradScaler.unscale_`), at scale 1 (the gradients keep their values): about half the time of
+    the 2-norm, which PPO needs only to clip (then the clipping's norm is checked instead).
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for p in parameters:
+        if p.grad is not None:
+            groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad.detach())
+    found = []
+    for (device, _), grads in groups.items():
+        found_inf = torch.zeros(1, device=device)  # set to 1 by the check on any NaN/inf
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.ones(1, device=device))
+        found.append(found_inf)
+    return not any(bool(f.item()) for f in found)
+
+
 class PPOGuardsMixin:
     """Needs ``self.accelerator``, ``self.config``, ``self.optimizer``, ``self.nonfinite``, ``self.kl_ctl`` and
     ``self.current_step`` (set by `PPOTrainer`)."""

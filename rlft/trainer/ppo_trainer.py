@@ -39,7 +39,7 @@ from ..functional.logprobs import selected_log_probs
 from ..functional.ppo import gae, kl_full, kl_penalty, per_token_rewards, policy_loss, value_loss
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper
 from ..models.modeling_base import is_peft_model
-from ..utils.faults import NonFiniteGuard, grad_norm
+from ..utils.faults import NonFiniteGuard
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
 from ..utils.running import RunningMoments
 from ..utils.tied_embedding import densify_grad, sparse_embedding_grad, tied_trainable_input_embedding
@@ -53,7 +53,7 @@ from ._ppo_helpers import (
 )
 from ._ppo_forward import BehaviourRecorder, forward_actions, pad_batch
 from ._ppo_inputs import InputLimits, check_queries, validate_step_inputs
-from ._ppo_guards import PPOGuardsMixin
+from ._ppo_guards import PPOGuardsMixin, gradients_finite
 from ._ppo_logging import PPOLoggingMixin
 from ._ppo_types import BehaviourCache, EpochsResult, MinibatchSignals, PaddedBatch, Rollout, StepInputs
 from .base import BaseTrainer
@@ -763,8 +763,8 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
     def _optimizer_step(self) -> Optional[str]:
         """Clip and apply the window's gradients unless one is NaN/inf (then drop them, return "the gradients").
 
-        The gradient norm is computed once: by the clipping when max_grad_norm is set (it returns
-        the norm before clipping, NaN/inf when a gradient is), else by `grad_norm`. The applied
+        With max_grad_norm set, the clipping's norm (before clipping; NaN/inf when a gradient is) is the
+        check; without, `gradients_finite` (one fused pass, no norm: nothing reads it). The applied
         gradients stay on the parameters until the next window starts, as in TRL 0.7.
         """
         nonfinite = None
@@ -772,16 +772,14 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
             densify_grad(self._tied_embedding)
             params = [p for p in self.model.parameters() if p.requires_grad]
             # fp16: the gradients are scaled by accelerate's GradScaler, which itself skips an update whose
-            # gradients overflowed (and lowers its scale): that is not a non-finite step, and the scaler must
-            # see its optimizer step after unscaling (clip_grad_norm_ unscales too).
+            # gradients overflowed (and lowers its scale): that is not a non-finite step. clip_grad_norm_
+            # unscales before clipping; the scaler's step unscales when nothing did.
             scaled = self.accelerator.scaler is not None
             if self.config.max_grad_norm is not None:
-                norm = self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+                finite = bool(torch.isfinite(torch.as_tensor(self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm))))
             else:
-                if scaled:
-                    self.accelerator.unscale_gradients(self.optimizer)
-                norm = grad_norm(params)
-            if not scaled and _distributed.any_over_processes(not bool(torch.isfinite(torch.as_tensor(norm))), self.accelerator):
+                finite = scaled or gradients_finite(params)
+            if not scaled and _distributed.any_over_processes(not finite, self.accelerator):
                 nonfinite = "the gradients"
                 self.optimizer.zero_grad()
             else:
