@@ -7,9 +7,10 @@ prompts, rows and new tokens (EOS suppressed until then, pure sampling). The var
 of the two can be compared too.
 
 Variants:
-- ``torch``: the linear layers run as torch runs them (``RLFT_DECODE_LINEARS=torch``; the path before
-  `rlft.utils.decode`).
-- ``packed``: the default: fp32 linears with oneDNN-packed weights during the call.
+- ``torch``: the path before `rlft.utils.decode`: transformers' sampling loop, torch's linear layers
+  (``RLFT_DECODE_LOOP=transformers RLFT_DECODE_LINEARS=torch``).
+- ``packed``: transformers' loop, fp32 linears with oneDNN-packed weights during the call.
+- ``default``: what rlft does now: packed linears and `rlft.utils.decode.lean_decode`.
 - ``compiled`` (``--compile``): torch's linears with transformers' static cache and ``torch.compile`` of the
   model's forward (transformers' ``compile_config``); its compile time shows in the first call.
 
@@ -75,9 +76,12 @@ def _variant_call(name: str, model, input_ids, attention_mask, gen):
         compile_config._compile_all_devices = True
         extra = {"cache_implementation": "static", "compile_config": compile_config}
 
+    # packed weights are new tensors every call: a compiled forward would recompile on each, so not with compile
+    env = {"RLFT_DECODE_LINEARS": "packed" if name in ("packed", "default") else "torch",
+           "RLFT_DECODE_LOOP": "lean" if name == "default" else "transformers"}
+
     def call():
-        # packed weights are new tensors every call: a compiled forward would recompile on each, so not with compile
-        os.environ["RLFT_DECODE_LINEARS"] = "packed" if name == "packed" else "torch"
+        os.environ.update(env)
         return generate(model, input_ids=input_ids, attention_mask=attention_mask, **gen, **extra)
 
     return call
@@ -114,7 +118,8 @@ def run_case(case: str, variants: list[str], repeats: int, fixtures_dir: str, pr
                 calls[v]()
                 times[v].append(time.perf_counter() - start)
         shares = {v: _matmul_share(calls[v]) for v in variants if v != "compiled"} if profile else {}
-    os.environ.pop("RLFT_DECODE_LINEARS", None)
+    for name in ("RLFT_DECODE_LINEARS", "RLFT_DECODE_LOOP"):
+        os.environ.pop(name, None)
     rows, width = input_ids.shape
     new = gen["max_new_tokens"]
     out = {"case": case, "rows": rows, "prompt_width": width, "new_tokens": new, "variants": {}}
@@ -139,7 +144,7 @@ def main() -> None:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
-    variants = ["torch", "packed"] + (["compiled"] if args.compile else [])
+    variants = ["torch", "packed", "default"] + (["compiled"] if args.compile else [])
     tmp = None
     if args.fixtures is None:
         tmp = tempfile.TemporaryDirectory()

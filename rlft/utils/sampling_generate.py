@@ -13,6 +13,9 @@ Set the environment variable ``RLFT_SAMPLER=transformers`` to use transformers' 
 
 Every call runs with the model's fp32 linear layers packed for oneDNN (`rlft.utils.decode.packed_linears`):
 the same products 2-3x faster on CPU, equal to fp32 rounding; ``RLFT_DECODE_LINEARS=torch`` switches that off.
+Where its settings allow, a plain-sampling call runs `rlft.utils.decode.lean_decode` instead of
+transformers' loop: the same model calls and draws, so the same tokens, with less work per token
+(``RLFT_DECODE_LOOP=transformers`` switches that off).
 
 Only plain sampling takes this path: ``do_sample`` true, one beam, and no other sampling warper
 (min_p, typical_p, epsilon/eta cutoffs, top_h), no watermarking, no assistant model, no
@@ -30,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..functional.sampling import sample_categorical
-from .decode import packed_linears
+from .decode import lean_decode, lean_decode_plan, packed_linears
 
 #: transformers' values for generation settings neither the call nor the model's config set.
 _GLOBAL_DEFAULTS = {"do_sample": False, "num_beams": 1, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
@@ -64,11 +67,15 @@ class InverseCDFSampling:
         if top_p is not None and top_p < 1.0:
             self.warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
 
-    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+    def draw(self, scores: Tensor, input_ids: Tensor | None = None) -> Tensor:
+        """The warped draw itself: (B, V) scores -> (B,) tokens. (The warpers do not read ``input_ids``.)"""
         for warper in self.warpers:
             scores = warper(input_ids, scores)
         probs = torch.softmax(scores.float(), dim=-1)  # (B, V)
-        token = sample_categorical(probs)  # (B,)
+        return sample_categorical(probs)  # (B,)
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        token = self.draw(scores, input_ids)  # (B,)
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(-1, token[:, None], 0.0)
         return out
@@ -126,6 +133,9 @@ def _generate(model, kwargs: dict) -> Tensor:
     plan = sampling_plan(model, kwargs)
     if plan is None:
         return model.generate(**kwargs)
+    lean = lean_decode_plan(model, kwargs)
+    if lean is not None:  # the same tokens as the loop below, without its per-token bookkeeping
+        return lean_decode(lean, InverseCDFSampling(**plan).draw)
     from transformers import LogitsProcessorList
 
     kwargs = dict(kwargs)

@@ -8,7 +8,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from rlft.trainer._helpers import pad_with_mask
-from rlft.utils.decode import DECODE_LINEARS_ENV, packed_linears, packing_available
+from rlft.utils.decode import (
+    DECODE_LINEARS_ENV,
+    DECODE_LOOP_ENV,
+    lean_decode_plan,
+    packed_linears,
+    packing_available,
+)
 from rlft.utils.sampling_generate import generate
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packed linear")
@@ -159,3 +165,128 @@ def test_sampling_distribution_is_unchanged(model_path, monkeypatch):
     top = probs.argsort(descending=True)[:20]  # the tokens with enough mass to test
     sd = (probs[top].double() * (1 - probs[top].double()) / n).sqrt()
     assert ((freq[top] - probs[top].double()).abs() <= 5 * sd + 1e-3).all()
+
+
+# ---------------------------------------------------------------- lean_decode against transformers' loop
+def _run(model, monkeypatch, loop, seed, **kwargs):
+    monkeypatch.setenv(DECODE_LOOP_ENV, loop)
+    torch.manual_seed(seed)
+    return generate(model, **kwargs)
+
+
+def _same_as_transformers(model, monkeypatch, seeds=range(3), **kwargs):
+    """Asserts that the lean loop takes the call and returns transformers' tokens for each seed; returns the last."""
+    monkeypatch.setenv(DECODE_LOOP_ENV, "lean")
+    assert lean_decode_plan(model, kwargs) is not None
+    for seed in seeds:
+        want = _run(model, monkeypatch, "transformers", seed, **kwargs)
+        got = _run(model, monkeypatch, "lean", seed, **kwargs)
+        assert got.shape == want.shape and torch.equal(got, want), (got, want)
+    return got
+
+
+def _eos_bias(model, eos, value=5.0):
+    """A large EOS logit bias, so that rows stop at different steps."""
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        if getattr(head, "bias", None) is None:
+            head.bias = torch.nn.Parameter(torch.zeros(head.weight.shape[0]))
+        head.bias[eos] = value
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gpt_neox", "opt"])
+def test_lean_loop_draws_transformers_tokens(model_path, monkeypatch, arch):
+    model = AutoModelForCausalLM.from_pretrained(model_path(arch)).eval()
+    eos = model.generation_config.eos_token_id
+    ids, mask = _batch(eos)
+    _same_as_transformers(model, monkeypatch, input_ids=ids, attention_mask=mask, max_new_tokens=9, pad_token_id=eos, **SAMPLE)
+
+
+@pytest.mark.parametrize("case", ["eos_min_new_tokens", "min_length", "warpers", "no_padding", "no_pad_id", "generation_config"])
+def test_lean_loop_stopping_rules_and_settings_match_transformers(model_path, monkeypatch, case):
+    from transformers import GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(model_path("gpt2")).eval()
+    eos = model.generation_config.eos_token_id
+    ids, mask = _batch(eos)
+    gen = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 12, "pad_token_id": eos, **SAMPLE}
+    if case in ("eos_min_new_tokens", "min_length", "no_pad_id", "generation_config"):
+        _eos_bias(model, eos)
+    if case == "eos_min_new_tokens":
+        gen["min_new_tokens"] = 3
+    elif case == "min_length":
+        gen["min_length"] = ids.shape[1] + 4  # counts the padded prompt columns, as transformers does
+    elif case == "warpers":
+        gen.update(temperature=0.7, top_k=40, top_p=0.9)
+    elif case == "no_padding":
+        ids = torch.tensor([PROMPTS[0]] * 3)
+        gen.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+    elif case == "no_pad_id":
+        model.generation_config.pad_token_id = None
+        del gen["pad_token_id"]  # transformers pads finished rows with the EOS then
+        gen["min_new_tokens"] = 2
+    elif case == "generation_config":
+        gen = {"input_ids": ids, "attention_mask": mask,
+               "generation_config": GenerationConfig(max_new_tokens=10, min_new_tokens=2, eos_token_id=eos, pad_token_id=eos, **SAMPLE)}
+    got = _same_as_transformers(model, monkeypatch, **gen)
+    new = got[:, ids.shape[1]:]
+    if case in ("eos_min_new_tokens", "min_length", "no_pad_id", "generation_config"):
+        finished = (new == eos).any(1)
+        assert finished.any() and (new[:, :2] != eos).all()  # some rows ended, none before the minimum
+        first = (new == eos).int().argmax(1)
+        for row, f in zip(new[finished], first[finished]):
+            assert (row[f:] == eos).all()  # after a row's EOS: padding (the EOS id here)
+
+
+def test_lean_loop_stops_when_every_row_has_finished(model_path, monkeypatch):
+    model = AutoModelForCausalLM.from_pretrained(model_path("gpt2")).eval()
+    eos = model.generation_config.eos_token_id
+    _eos_bias(model, eos, value=50.0)  # EOS almost surely at the first allowed step
+    ids, mask = _batch(eos)
+    got = _same_as_transformers(model, monkeypatch, input_ids=ids, attention_mask=mask, max_new_tokens=12,
+                                min_new_tokens=2, pad_token_id=eos, **SAMPLE)
+    assert got.shape[1] == ids.shape[1] + 3  # two forced tokens, then EOS everywhere, then stop
+
+
+def test_lean_loop_for_lora_and_value_head_policies(model_path, monkeypatch):
+    import peft
+
+    from rlft import AutoModelForCausalLMWithValueHead
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_path("llama"))
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
+                                                     target_modules=["q_proj", "v_proj", "up_proj"], task_type="CAUSAL_LM"))
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(lora).eval()
+    eos = base.generation_config.eos_token_id
+    ids, mask = _batch(eos)
+    gen = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 8, "pad_token_id": eos, **SAMPLE}
+    with_adapter = _same_as_transformers(model, monkeypatch, seeds=[0], **gen)
+    with lora.disable_adapter():
+        without = _same_as_transformers(model, monkeypatch, seeds=[0], **gen)
+    assert not torch.equal(with_adapter, without)  # the lean loop ran the adapter
+
+
+@pytest.mark.parametrize("extra", [
+    {"num_return_sequences": 2}, {"repetition_penalty": 1.2}, {"no_repeat_ngram_size": 2}, {"max_new_tokens": None},
+    {"stop_strings": ["x"]}, {"output_scores": True, "return_dict_in_generate": True}, {"use_cache": False},
+    {"bad_words_ids": [[7]]}, {"cache_implementation": "static"}, {"position_ids": None},
+])
+def test_settings_the_lean_loop_does_not_implement_go_to_transformers(model_path, monkeypatch, extra):
+    from transformers import LogitsProcessorList
+
+    monkeypatch.setenv(DECODE_LOOP_ENV, "lean")
+    model = AutoModelForCausalLM.from_pretrained(model_path("gpt2")).eval()
+    ids, mask = _batch(0)
+    gen = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 4, **SAMPLE}
+    assert lean_decode_plan(model, gen) is not None
+    assert lean_decode_plan(model, {**gen, **extra}) is None
+    assert lean_decode_plan(model, {**gen, "logits_processor": LogitsProcessorList()}) is None
+    assert lean_decode_plan(model, {"input_ids": ids, **SAMPLE, "max_new_tokens": 4}) is None  # no attention mask
+    t5 = AutoModelForSeq2SeqLM.from_pretrained(model_path("t5"))
+    assert lean_decode_plan(t5, gen) is None
+    monkeypatch.setenv(DECODE_LOOP_ENV, "transformers")
+    assert lean_decode_plan(model, gen) is None
+    monkeypatch.setenv(DECODE_LOOP_ENV, "fast")
+    with pytest.raises(ValueError, match="'lean'.*'transformers'"):
+        lean_decode_plan(model, gen)
