@@ -162,7 +162,7 @@ def run_ppo(model_dir: str, out: Path, *options: str) -> None:
     if "resume" in opts:  # the parameters (and under DeepSpeed the optimizer state) as loaded, before any step
         policy = trainer.accelerator.unwrap_model(trainer.model)
         loaded = _zero3_full_params(policy) if "zero3" in opts else full_params(policy)
-        moments = _deepspeed_optimizer_state(policy) if deepspeed else None
+        moments = _deepspeed_optimizer_state(policy, trainer.optimizer) if deepspeed else None
         if rank == 0:
             from safetensors.torch import save_file
 
@@ -197,13 +197,14 @@ def run_ppo(model_dir: str, out: Path, *options: str) -> None:
         info["generated_lengths"] = [len(x) for x in responses[0]]
         info["all_gathers_in_generate"] = counter["n"]
         info["fsdp_groups"] = len(_sharding.fsdp2_modules(policy)) + len(_sharding.fsdp2_modules(trainer.ref_model or torch.nn.Module()))
-        info["checkpoint"] = str(trainer.save_checkpoint(out / "run"))
-        if deepspeed:  # what the checkpoint holds, from the engine itself: weights and Adam moments, whole
-            moments = _deepspeed_optimizer_state(policy)
-            if rank == 0:
-                from safetensors.torch import save_file
+    info["checkpoint"] = str(trainer.save_checkpoint(out / "run"))  # a resumed run saves too: it may be resumed again
+    if deepspeed:  # what the checkpoint holds, from the engine itself: weights and Adam moments, whole
+        moments = _deepspeed_optimizer_state(policy, trainer.optimizer)
+        if rank == 0:
+            from safetensors.torch import save_file
 
-                save_file(moments, str(out / "optimizer.safetensors"))
+            save_file(moments, str(out / "optimizer.safetensors"))
+    if "resume" not in opts:
         # a from_pretrained folder from the sharded policy: PPOTrainer.save_pretrained on every process
         # (_sharding.save_pretrained gathers on each, the main one writes)
         trainer.save_pretrained(str(out / "pretrained"))
@@ -401,12 +402,18 @@ def _zero3_full_params(model) -> dict:
         return {n: p.detach().clone().contiguous() for n, p in model.named_parameters()}
 
 
-def _deepspeed_optimizer_state(model) -> dict:
+def _deepspeed_optimizer_state(model, optimizer) -> dict:
     """Every parameter's fp32 master copy and Adam moments, whole, from a DeepSpeed ZeRO engine's optimizer
-    (``name``, ``name/exp_avg``, ``name/exp_avg_sq``). A collective: call on every process."""
+    (``name``, ``name/exp_avg``, ``name/exp_avg_sq``), and Adam's step count of each of its states (``step``).
+    A collective: call on every process."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-    out = {}
+    base = optimizer
+    while hasattr(base, "optimizer"):  # accelerate's wrapper, DeepSpeed's ZeRO optimizer, then torch's Adam
+        base = base.optimizer
+    # one state per flat partition: as many as the processes and ZeRO's groups make, all at the same step
+    steps = sorted({float(state["step"]) for state in base.state.values() if "step" in state})
+    out = {"step": torch.tensor(steps)}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue

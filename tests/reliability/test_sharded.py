@@ -190,7 +190,7 @@ def test_dead_process_fails_the_others_within_the_timeout(model_path, tmp_path, 
 def test_ppo_deepspeed_zero_two_processes_match_one(model_path, tmp_path, stage):
     pytest.importorskip("deepspeed", reason="DeepSpeed is optional: DS_BUILD_OPS=0 pip install deepspeed")
     model_dir = model_path("gpt2")
-    launch("ppo", model_dir, tmp_path / "two", f"zero{stage}", env={"DS_ACCELERATOR": "cpu"})
+    launch("ppo", model_dir, tmp_path / "two", f"zero{stage}", env=DS_CPU)
     single("ppo", model_dir, tmp_path / "one")
     two = json.loads((tmp_path / "two" / "stats.json").read_text())
     assert two["sharding"] == f"DeepSpeed ZeRO-{stage} over 2 processes"
@@ -202,6 +202,51 @@ def test_ppo_deepspeed_zero_two_processes_match_one(model_path, tmp_path, stage)
     if stage == 3:  # the policy was loaded partitioned (zero.Init); the reference was loaded again, partitioned too
         assert two["params_kb"] == 0 and two["reference_partitioned"]
     assert_pretrained_is_the_trained_model(tmp_path / "two")  # ZeRO-3: gathered with GatheredParameters
+
+    # The checkpoint (DeepSpeed's files, one optimizer partition per process) resumes in 1 process: load_checkpoint
+    # converts it to DeepSpeed's universal format first. Weights, fp32 master weights, Adam moments and step as saved.
+    ckpt = Path(two["checkpoint"])
+    universal = ckpt / "pytorch_model" / "zero"
+    assert (ckpt / "pytorch_model").is_dir() and not universal.exists()
+    launch("ppo", model_dir, tmp_path / "one_resumed", f"zero{stage}", f"resume={ckpt}", nproc=1, env=DS_CPU)
+    resumed = json.loads((tmp_path / "one_resumed" / "stats.json").read_text())
+    assert resumed["sharding"] == f"DeepSpeed ZeRO-{stage} over 1 processes"
+    assert any("saved with 2 processes, this run has 1" in w for w in resumed["warnings"])
+    assert universal.is_dir()  # converted once, beside the original files
+    assert_resumed_as_saved(tmp_path / "one_resumed", tmp_path / "two")
+    assert resumed["history"][0]["ppo/nonfinite/skipped"] == 0.0  # and it trains on
+
+    # and back: the checkpoint that 1 process wrote after its step resumes in 2 processes
+    launch("ppo", model_dir, tmp_path / "two_resumed", f"zero{stage}", f"resume={resumed['checkpoint']}", env=DS_CPU)
+    again = json.loads((tmp_path / "two_resumed" / "stats.json").read_text())
+    assert any("saved with 1 processes, this run has 2" in w for w in again["warnings"])
+    assert_resumed_as_saved(tmp_path / "two_resumed", tmp_path / "one_resumed")
+
+    # Refused in one line that names the ways out: another ZeRO stage (DeepSpeed's files differ per stage) ...
+    other = {2: 3, 3: 2}[stage]
+    proc = launch("ppo", model_dir, tmp_path / "other_stage", f"zero{other}", f"resume={ckpt}", nproc=1, expect_rc=None, env=DS_CPU)
+    assert proc.returncode != 0
+    assert f"saved under DeepSpeed ZeRO-{stage} but this trainer runs DeepSpeed ZeRO-{other}" in proc.stderr, proc.stderr[-3000:]
+    # ... and a trainer without DeepSpeed, which cannot read the engine's files
+    with pytest.raises(ValueError, match=f"saved under DeepSpeed ZeRO-{stage}.*launch with the same DeepSpeed config.*zero_to_fp32"):
+        single("ppo", model_dir, tmp_path / "plain", f"resume={ckpt}")
+
+
+#: DeepSpeed on CPU processes (see _sharded_run.use_deepspeed_on_cpu).
+DS_CPU = {"DS_ACCELERATOR": "cpu"}
+
+
+def assert_resumed_as_saved(resumed: Path, saved: Path) -> None:
+    """The run in ``resumed`` loaded exactly what the run in ``saved`` checkpointed: every parameter, and DeepSpeed's
+    fp32 master weights, Adam moments and step count (gathered whole from the engines on each side)."""
+    loaded, params = load_file(str(resumed / "loaded.safetensors")), load_file(str(saved / "params.safetensors"))
+    assert loaded.keys() == params.keys() and all(torch.equal(loaded[k], params[k]) for k in params)
+    state, saved_state = load_file(str(resumed / "loaded_optimizer.safetensors")), load_file(str(saved / "optimizer.safetensors"))
+    assert state.keys() == saved_state.keys() and any(k.endswith("/exp_avg_sq") for k in saved_state)
+    differ = [k for k in saved_state if not torch.equal(state[k], saved_state[k])]
+    assert not differ, differ[:5]
+    assert saved_state["step"].numel() == 1 and float(saved_state["step"]) > 0  # one step count, as trained
+    assert all(float(v.abs().max()) > 0 for k, v in saved_state.items() if k.endswith("/exp_avg"))  # a trained state
 
 
 def test_example_accelerate_configs_load():
