@@ -40,10 +40,11 @@ ESTIMATOR_DEFAULTS = {
 
 #: Precisions of ``mixed_precision`` (accelerate's names; its "fp8" needs extra kernels and is not offered).
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
-#: Largest |ratio - 1| of a bf16 step before any update (learning rate 0, tiny models of the tests): the
-#: rollout and the update forwards pad the samples differently, and bf16 keeps 8 bits of mantissa.
-#: fp32 stays within 1e-5 (docs/mixed_precision.md).
-BF16_RATIO_ATOL = 1e-3
+#: Largest |ratio - 1| of a bf16 step before any update (learning rate 0): the rollout (or generation) and
+#: the update forwards batch and pad the samples differently, so bf16's 8-bit mantissa rounds them apart.
+#: Measured 4e-3 (rollout_logprobs="recompute") and 6e-3 ("generation") on the 5M-parameter benchmark model;
+#: fp32 stays within 2e-6 (docs/mixed_precision.md).
+BF16_RATIO_ATOL = 1e-2
 
 #: Sources of the rollout's policy log-probs (``rollout_logprobs``).
 ROLLOUT_LOGPROBS = ("recompute", "generation")

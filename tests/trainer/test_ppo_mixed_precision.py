@@ -116,6 +116,10 @@ def test_bf16_first_epoch_ratio_is_one_within_the_stated_tolerance(model_path, p
         results[setting] = float(np.max(np.abs(ratio[ratio != 0] - 1)))
     assert results["no"] < 1e-5, results
     assert results["bf16"] < BF16_RATIO_ATOL, results
+    # On these tiny models both bf16 forwards round alike (measured 5e-7); BF16_RATIO_ATOL is the bound for
+    # larger ones (4e-3 to 6e-3 on the 5M-parameter benchmark model). A rollout forward in fp32 against
+    # bf16 updates gives more than 1e-3 even here.
+    assert results["bf16"] < 1e-4, results
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused on CPU only")
