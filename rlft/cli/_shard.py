@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ._args import CLIError
 
@@ -40,7 +40,7 @@ EXAMPLES = "examples/configs/accelerate/"
 class ShardingOptions:
     """Sharded training across the launched processes (sft, reward, dpo: --fsdp / --deepspeed are TrainingArguments')."""
 
-    accelerate_config: Optional[str] = None
+    accelerate_config: str | None = None
     """An accelerate config file (FSDP or DEEPSPEED, e.g. examples/configs/accelerate/fsdp2.yaml): its sharding and mixed-precision settings are used; the launcher still sets the processes."""
 
 
@@ -48,11 +48,11 @@ class ShardingOptions:
 class PPOShardingOptions(ShardingOptions):
     """Sharded PPO: the policy, its value head and the reference across the launched processes."""
 
-    fsdp: Optional[str] = None
+    fsdp: str | None = None
     """Shard with FSDP2: --fsdp alone means full_shard; add 'offload' for CPU offload ('full_shard offload'), or shard_grad_op."""
-    fsdp_config: Optional[dict] = None
+    fsdp_config: dict | None = None
     """FSDP2 settings as JSON (transformers' fsdp_config keys: transformer_layer_cls_to_wrap, state_dict_type, ...)."""
-    deepspeed: Optional[str] = None
+    deepspeed: str | None = None
     """A DeepSpeed JSON config (ZeRO-2 or ZeRO-3; "auto" values are filled from the PPO settings)."""
 
 
@@ -100,7 +100,7 @@ def _fsdp_config(fsdp, given) -> dict:
     """``--fsdp WORDS`` and ``--fsdp_config`` as one FSDP2 config dict (transformers' key names)."""
     if isinstance(given, str):  # TrainingArguments' fsdp_config may be a JSON file
         given = _json_file(given, "--fsdp_config")
-    config = {k[5:] if k.startswith("fsdp_") else k: v for k, v in (given or {}).items()}
+    config = {k.removeprefix("fsdp_"): v for k, v in (given or {}).items()}
     unknown = sorted(set(config) - FSDP_KEYS)
     if unknown:
         raise CLIError(f"--fsdp_config: unknown key(s) {unknown}; rlft reads {sorted(FSDP_KEYS)}.")
@@ -250,7 +250,7 @@ def _bool(value) -> bool:
 
 
 # ---------------------------------------------------------------------- after the trainer exists
-def requested(fsdp, deepspeed) -> Optional[str]:
+def requested(fsdp, deepspeed) -> str | None:
     """"FSDP2", "DeepSpeed" or None: what the options asked for."""
     return "FSDP2" if fsdp else "DeepSpeed" if deepspeed else None
 
@@ -260,13 +260,13 @@ def _launch_hint(command: str) -> str:
             "(or torchrun --nproc_per_node N -m rlft.cli ...)")
 
 
-def check_launch(command: str, wanted: Optional[str]) -> None:
+def check_launch(command: str, wanted: str | None) -> None:
     """Before anything loads: CLIError when sharding is asked for in a single process (nothing to shard across)."""
     if wanted is not None and world_size() == 1:
         raise CLIError(f"{wanted} was asked for but accelerate runs none (one process): {_launch_hint(command)}.")
 
 
-def announce(command: str, accelerator, wanted: Optional[str]) -> str:
+def announce(command: str, accelerator, wanted: str | None) -> str:
     """Print (main process) ``rlft <command>: sharding: <what is in use>``; CLIError when ``wanted`` is not in effect.
 
     accelerate takes FSDP or DeepSpeed only over several processes on accelerator devices: on one
@@ -282,7 +282,6 @@ def announce(command: str, accelerator, wanted: Optional[str]) -> str:
         why = _launch_hint(command) if accelerator.num_processes == 1 else (
             "accelerate shards only on GPUs (on CPU processes it runs DDP); drop the sharding option there")
         raise CLIError(f"{wanted} was asked for but accelerate runs {summary}: {why}.")
-    if wanted is not None or accelerator.num_processes > 1:
-        if accelerator.is_main_process:
-            print(f"rlft {command}: sharding: {summary}", flush=True)
+    if (wanted is not None or accelerator.num_processes > 1) and accelerator.is_main_process:
+        print(f"rlft {command}: sharding: {summary}", flush=True)
     return summary

@@ -5,12 +5,27 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 from ._args import merged_config, options_from_signature
 from ._lora import LoraOptions, lora_config
-from ._shard import ShardingOptions, announce, check_launch, outside_zero3_init, requested
-from ._run import Finish, Plot, TrainEvalOptions, finish_run, open_run, run_result, train_hf, trainer_summary, trend
+from ._run import (
+    Finish,
+    Plot,
+    TrainEvalOptions,
+    finish_run,
+    open_run,
+    run_result,
+    train_hf,
+    trainer_summary,
+    trend,
+)
+from ._shard import (
+    ShardingOptions,
+    announce,
+    check_launch,
+    outside_zero3_init,
+    requested,
+)
 
 DESCRIPTION = "Direct preference optimisation (DPOTrainer) of a language model on prompt/chosen/rejected triples."
 
@@ -22,24 +37,24 @@ PLOTS = [
 
 #: Command-line defaults: frequent logs for the curves; DPO batches hold columns the model's
 #: forward does not take, so they must not be removed (DPOTrainer would warn and change it).
-CLI_DEFAULTS = dict(logging_steps=10, logging_first_step=True, disable_tqdm=True, report_to="none", save_total_limit=2,
-                    remove_unused_columns=False)
-TINY_PRESET = dict(
-    model_name_or_path="tiny-gpt2", dataset="tiny", max_steps=6, per_device_train_batch_size=4, per_device_eval_batch_size=8,
-    learning_rate=1e-3, logging_steps=1, eval_steps=3, save_steps=3, max_length=64, max_prompt_length=16,
-    eval_fraction=0.25, sample_max_new_tokens=8, use_cpu=True,
-)
+CLI_DEFAULTS = {"logging_steps": 10, "logging_first_step": True, "disable_tqdm": True, "report_to": "none", "save_total_limit": 2,
+                    "remove_unused_columns": False}
+TINY_PRESET = {
+    "model_name_or_path": "tiny-gpt2", "dataset": "tiny", "max_steps": 6, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8,
+    "learning_rate": 1e-3, "logging_steps": 1, "eval_steps": 3, "save_steps": 3, "max_length": 64, "max_prompt_length": 16,
+    "eval_fraction": 0.25, "sample_max_new_tokens": 8, "use_cpu": True,
+}
 
 
 @dataclass
 class DPOScriptArguments(TrainEvalOptions, LoraOptions, ShardingOptions):
     """Where the model, the reference and the preference data come from (the run directory is --output_dir)."""
 
-    model_name_or_path: Optional[str] = None
+    model_name_or_path: str | None = None
     """A local model folder (causal or encoder-decoder), or tiny-<arch> for an offline smoke run."""
-    dataset: Optional[str] = None
+    dataset: str | None = None
     """Triples with prompt, chosen and rejected columns: a .json/.jsonl/.csv/.parquet file, a save_to_disk folder, or 'tiny'."""
-    ref_model_name_or_path: Optional[str] = None
+    ref_model_name_or_path: str | None = None
     """The frozen reference model's folder (default: a frozen copy of the model)."""
 
 

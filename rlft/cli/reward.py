@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from ._args import merged_config
 from ._lora import LoraOptions, lora_config
-from ._shard import ShardingOptions, announce, check_launch, outside_zero3_init, requested
-from ._run import Finish, Plot, TrainEvalOptions, finish_run, open_run, run_result, train_hf, trainer_summary, trend
+from ._run import (
+    Finish,
+    Plot,
+    TrainEvalOptions,
+    finish_run,
+    open_run,
+    run_result,
+    train_hf,
+    trainer_summary,
+    trend,
+)
+from ._shard import (
+    ShardingOptions,
+    announce,
+    check_launch,
+    outside_zero3_init,
+    requested,
+)
 
 DESCRIPTION = "Train a reward model (RewardTrainer) on pairs of chosen and rejected texts."
 
@@ -16,30 +31,30 @@ BAR_KEYS = {"loss": "loss", "eval_loss": "eval_loss", "accuracy": "eval_accuracy
 PLOTS = [Plot("reward_loss_accuracy.png", ["loss", "eval_loss", "eval_accuracy"], "Reward model: loss and pairwise accuracy")]
 
 #: Command-line defaults: curves need frequent logs; accuracy needs an eval split (a tenth of the data by default).
-CLI_DEFAULTS = dict(logging_steps=10, logging_first_step=True, disable_tqdm=True, report_to="none", save_total_limit=2,
-                    eval_fraction=0.1)
-TINY_PRESET = dict(
-    model_name_or_path="tiny-gpt2", dataset="tiny", max_steps=6, per_device_train_batch_size=4, per_device_eval_batch_size=8,
-    learning_rate=1e-3, logging_steps=1, eval_steps=2, save_steps=3, max_length=64, gradient_checkpointing=False,
-    eval_fraction=0.25, use_cpu=True,
-)
+CLI_DEFAULTS = {"logging_steps": 10, "logging_first_step": True, "disable_tqdm": True, "report_to": "none", "save_total_limit": 2,
+                    "eval_fraction": 0.1}
+TINY_PRESET = {
+    "model_name_or_path": "tiny-gpt2", "dataset": "tiny", "max_steps": 6, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8,
+    "learning_rate": 1e-3, "logging_steps": 1, "eval_steps": 2, "save_steps": 3, "max_length": 64, "gradient_checkpointing": False,
+    "eval_fraction": 0.25, "use_cpu": True,
+}
 
 
 @dataclass
 class RewardScriptArguments(TrainEvalOptions, LoraOptions, ShardingOptions):
     """Where the model and the preference pairs come from (the run directory is --output_dir)."""
 
-    model_name_or_path: Optional[str] = None
+    model_name_or_path: str | None = None
     """A local model folder (loaded as a one-logit sequence classifier), or tiny-<arch> for a smoke run."""
-    dataset: Optional[str] = None
+    dataset: str | None = None
     """Preference pairs: a .json/.jsonl/.csv/.parquet file, a datasets.save_to_disk folder, or 'tiny'."""
     chosen_column: str = "chosen"
     """The column with the preferred text."""
     rejected_column: str = "rejected"
     """The column with the other text."""
-    prompt_column: Optional[str] = "prompt"
+    prompt_column: str | None = "prompt"
     """A column put before both texts when the dataset has it (none: the texts are complete)."""
-    margin_column: Optional[str] = None
+    margin_column: str | None = None
     """A column with the margin by which chosen should beat rejected (Llama 2's reward loss)."""
 
 

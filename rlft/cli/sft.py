@@ -8,8 +8,25 @@ from dataclasses import asdict, dataclass
 
 from ._args import merged_config, options_from_signature
 from ._lora import LoraOptions, lora_config
-from ._shard import ShardingOptions, announce, check_launch, outside_zero3_init, requested
-from ._run import Finish, Plot, TrainEvalOptions, finish_run, fmt, mean_of, open_run, run_result, train_hf, trainer_summary
+from ._run import (
+    Finish,
+    Plot,
+    TrainEvalOptions,
+    finish_run,
+    fmt,
+    mean_of,
+    open_run,
+    run_result,
+    train_hf,
+    trainer_summary,
+)
+from ._shard import (
+    ShardingOptions,
+    announce,
+    check_launch,
+    outside_zero3_init,
+    requested,
+)
 
 DESCRIPTION = "Supervised fine-tuning (SFTTrainer) of a causal language model on a text dataset."
 
@@ -18,12 +35,12 @@ PLOTS = [Plot("sft_loss.png", ["loss", "eval_loss", "learning_rate"], "SFT: loss
 
 #: TrainingArguments defaults for command-line runs: log often enough to draw curves, our bar instead of
 #: transformers' printing, tokens counted for tokens/s, two checkpoints kept.
-CLI_DEFAULTS = dict(logging_steps=10, logging_first_step=True, disable_tqdm=True, report_to="none",
-                    include_num_input_tokens_seen=True, save_total_limit=2)
-TINY_PRESET = dict(
-    model_name_or_path="tiny-gpt2", dataset="tiny", max_steps=6, per_device_train_batch_size=4, learning_rate=1e-3,
-    logging_steps=1, save_steps=3, max_seq_length=64, sample_max_new_tokens=8, use_cpu=True,
-)
+CLI_DEFAULTS = {"logging_steps": 10, "logging_first_step": True, "disable_tqdm": True, "report_to": "none",
+                    "include_num_input_tokens_seen": True, "save_total_limit": 2}
+TINY_PRESET = {
+    "model_name_or_path": "tiny-gpt2", "dataset": "tiny", "max_steps": 6, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+    "logging_steps": 1, "save_steps": 3, "max_seq_length": 64, "sample_max_new_tokens": 8, "use_cpu": True,
+}
 
 
 @dataclass

@@ -122,9 +122,9 @@ def test_ppo_plugin_wraps_the_models_blocks(model_path):
 
 
 def test_each_process_draws_its_own_prompts():
-    from rlft.cli.ppo import _pick_prompts
-
     import random
+
+    from rlft.cli.ppo import _pick_prompts
 
     assert _pick_prompts(20, 4, 123, 0, 1) == random.Random(123).sample(range(20), 4)  # one process: as before
     two = [_pick_prompts(20, 4, 123, rank, 2) for rank in range(2)]

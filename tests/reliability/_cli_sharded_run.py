@@ -20,7 +20,6 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 def _shim_sharding_plugins() -> None:
     import accelerate
-
     from _sharded_run import use_deepspeed_plugin_on_cpu, use_fsdp2_on_cpu
 
     original = accelerate.Accelerator.__init__

@@ -14,15 +14,15 @@ import warnings
 warnings.simplefilter("ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import save_file
 
-import rlft.utils.checkpoint as ckpt  # noqa: E402
-from tests.reliability._ppo_helpers import make_ppo, trainable  # noqa: E402
+import rlft.utils.checkpoint as ckpt
+from tests.reliability._ppo_helpers import make_ppo, trainable
 
 
 def die(*_args, **_kwargs):

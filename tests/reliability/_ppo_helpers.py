@@ -7,7 +7,7 @@ import torch
 from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
 #: Generation settings of the toy loop: sampling (so the torch RNG matters), fixed length (no empty responses).
-GEN_KWARGS = dict(do_sample=True, top_k=0, top_p=1.0, max_new_tokens=4, min_new_tokens=4)
+GEN_KWARGS = {"do_sample": True, "top_k": 0, "top_p": 1.0, "max_new_tokens": 4, "min_new_tokens": 4}
 
 
 def toy_reward(response: torch.Tensor) -> torch.Tensor:

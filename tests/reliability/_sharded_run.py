@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _distributed_run import GLOBAL_BATCH, STEPS, _global_batch  # noqa: E402
+from _distributed_run import GLOBAL_BATCH, STEPS, _global_batch
 
 #: Blocks of the tiny GPT-2 that fully_shard wraps one by one (the rest goes to the root group).
 WRAP = ["GPT2Block"]
@@ -45,8 +45,8 @@ FAULT_TIMEOUT_S = 20
 def fsdp2_plugin(**overrides):
     from accelerate import FullyShardedDataParallelPlugin
 
-    kwargs = dict(fsdp_version=2, auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=WRAP,
-                  reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT", cpu_ram_efficient_loading=False)
+    kwargs = {"fsdp_version": 2, "auto_wrap_policy": "transformer_based_wrap", "transformer_cls_names_to_wrap": WRAP,
+                  "reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT", "cpu_ram_efficient_loading": False}
     kwargs.update(overrides)
     return FullyShardedDataParallelPlugin(**kwargs)
 
@@ -390,7 +390,7 @@ def run_hang(model_dir: str, out: Path, *options: str) -> None:
         t = time.time()
         try:
             trainer.step(q[:4], r[:4], s[:4])
-        except Exception as err:  # what the survivor sees
+        except Exception as err:  # noqa: BLE001  (what the survivor sees, whatever its type)
             (out / "survivor.json").write_text(json.dumps({"error": f"{type(err).__name__}: {err}"[:2000], "seconds": time.time() - t}))
             os._exit(1)
 

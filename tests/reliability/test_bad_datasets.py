@@ -10,7 +10,11 @@ import torch
 from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainingArguments
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    TrainingArguments,
+)
 
 SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 LONG = " ".join(["the value of the file is returned"] * 60)  # ~400 tokens: past every limit below
@@ -36,8 +40,8 @@ def scratch(tmp_path_factory):
 
 
 def _args(output_dir, **kw):
-    base = dict(output_dir=output_dir, report_to=[], use_cpu=True, max_steps=1, per_device_train_batch_size=2,
-                learning_rate=1e-3, save_strategy="no", logging_steps=1, disable_tqdm=True, remove_unused_columns=False)
+    base = {"output_dir": output_dir, "report_to": [], "use_cpu": True, "max_steps": 1, "per_device_train_batch_size": 2,
+                "learning_rate": 1e-3, "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True, "remove_unused_columns": False}
     base.update(kw)
     return TrainingArguments(**base)
 

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from rlft.utils.checkpoint import COMPLETE_MARKER, latest_checkpoint
 

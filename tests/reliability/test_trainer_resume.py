@@ -7,18 +7,27 @@ import warnings
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainingArguments
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    TrainingArguments,
+)
 
-from rlft.utils.checkpoint import COMPLETE_MARKER, MarkCheckpointCompleteCallback, is_complete, latest_checkpoint
+from rlft.utils.checkpoint import (
+    COMPLETE_MARKER,
+    MarkCheckpointCompleteCallback,
+    is_complete,
+    latest_checkpoint,
+)
 
 TEXTS = ["the value is returned to the caller.", "return a new list of the items.", "the file is closed.",
          "a new object from the list.", "the default is to use the file.", "if the path is not a string."]
 
 
 def _args(out, **kw):
-    base = dict(output_dir=str(out), report_to=[], use_cpu=True, max_steps=4, save_steps=2, save_strategy="steps",
-                per_device_train_batch_size=2, learning_rate=5e-3, logging_steps=1, disable_tqdm=True, seed=7,
-                remove_unused_columns=False)
+    base = {"output_dir": str(out), "report_to": [], "use_cpu": True, "max_steps": 4, "save_steps": 2, "save_strategy": "steps",
+                "per_device_train_batch_size": 2, "learning_rate": 5e-3, "logging_steps": 1, "disable_tqdm": True, "seed": 7,
+                "remove_unused_columns": False}
     base.update(kw)
     return TrainingArguments(**base)
 
