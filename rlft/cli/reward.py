@@ -99,9 +99,9 @@ def run(args: RewardScriptArguments, config) -> dict:
                             eval_dataset=eval_tok, processing_class=tokenizer, peft_config=lora_config(args, "SEQ_CLS", model_path))
     announce("reward", trainer.accelerator, requested(config.fsdp, config.deepspeed))
 
-    before = _pair_scores(run_dir, "before", trainer.model, tokenizer, sample_pairs, args, resume=args.resume)
+    before = _pair_scores(run_dir, "before", trainer, tokenizer, sample_pairs, args, resume=args.resume)
     interrupted = train_hf(trainer, run_dir, args, "reward", BAR_KEYS)
-    after = _pair_scores(run_dir, "after", trainer.model, tokenizer, sample_pairs, args)
+    after = _pair_scores(run_dir, "after", trainer, tokenizer, sample_pairs, args)
     records = run_dir.read_metrics()
     summary = trainer_summary(
         f"Reward model trained from `{args.model_name_or_path}` on the pairs of `{args.dataset}`.",
@@ -136,16 +136,23 @@ def _pair_tokenizer(args, tokenizer):
     return tokenize
 
 
-def _pair_scores(run_dir, name, model, tokenizer, pairs, args, resume=False) -> list[dict]:
-    """Rewards of the sample pairs under ``model``; saved as samples/<name>.jsonl (kept when resuming)."""
+def _pair_scores(run_dir, name, trainer, tokenizer, pairs, args, resume=False) -> list[dict]:
+    """Rewards of the sample pairs under the trainer's model; saved as samples/<name>.jsonl (kept when resuming).
+
+    Call it on every process: a sharded model (FSDP2, ZeRO-3, whose partitioned parameters cannot run a
+    forward outside DeepSpeed's engine) is gathered once for the pairs (`_sharding.gathered_parameters`).
+    """
     import torch
+
+    from ..trainer._sharding import gathered_parameters
 
     if resume and run_dir.read_samples(name):
         return run_dir.read_samples(name)
+    model = trainer.model
     was_training = model.training
     model.eval()
     rows = []
-    with torch.no_grad():
+    with gathered_parameters(model, trainer.accelerator), torch.no_grad():
         for pair in pairs:
             chosen, rejected = _texts(args, pair)
             enc = tokenizer([chosen, rejected], return_tensors="pt", padding=True).to(model.device)
