@@ -42,7 +42,7 @@ from ..models.modeling_base import is_peft_model
 from ..utils.faults import NonFiniteGuard
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
 from ..utils.running import RunningMoments
-from ..utils.tied_embedding import densify_grad, sparse_embedding_grad, tied_trainable_input_embedding
+from ..utils.tied_embedding import densify_grad, lookup_grad_in_place, sparse_embedding_grad, tied_trainable_input_embedding
 from . import _distributed, _ppo_stats, _sharding
 from ._helpers import disable_dropout_in_model, eos_token_ids, pad_token_id_or_eos, pad_with_mask
 from ._model_helpers import unwrap_base_model
@@ -213,8 +213,8 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
                 self.dataloader, sampler if isinstance(sampler, ResumableSampler) else None,
                 config.batch_size * self.accelerator.num_processes,
             )
-        # A trainable embedding tied to the LM head gets its lookup gradient as sparse rows in the
-        # training forwards (rlft/utils/tied_embedding.py): same gradient, no zero-filled (V, d) temporary.
+        # A trainable embedding tied to the LM head gets its lookup gradient added to .grad in place after
+        # each backward (`_tied_lookup_grad`, rlft/utils/tied_embedding.py): same gradient, no (V, d) temporary.
         self._tied_embedding = (
             None
             if _distributed.shards_parameters(self.accelerator)
@@ -569,7 +569,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         self._behaviour.clear()  # this step's update makes any record stale
         if single_update:
             self.model.train()
-            with sparse_embedding_grad(self._tied_embedding):
+            with self._tied_lookup_grad():
                 update_forward = self.batched_forward_pass(self.model, *args, return_logits=True, response_masks=inputs.response_masks)
             logprobs, logits, values, mask = (t.detach() for t in update_forward)
             update_forward = update_forward[:3]
@@ -716,7 +716,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
             if forward is not None:
                 logprobs, logits, vpreds = forward
             else:
-                with sparse_embedding_grad(self._tied_embedding):
+                with self._tied_lookup_grad():
                     logprobs, logits, vpreds, _ = self.batched_forward_pass(
                         self.model, mb.queries, mb.responses, return_logits=True, response_masks=mb.response_masks
                     )
@@ -759,6 +759,14 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
             signals.nonfinite = self._optimizer_step()
             signals.seconds["optimizer"] += time.perf_counter() - t
         return train_stats
+
+    def _tied_lookup_grad(self):
+        """Context of the training forwards for a trainable embedding tied to the LM head (rlft/utils/tied_embedding.py):
+        its lookup gradient is added to ``.grad`` in place after each backward, or, with several processes (whose
+        gradients are reduced during backward), recorded as sparse rows."""
+        if self.is_distributed:
+            return sparse_embedding_grad(self._tied_embedding)
+        return lookup_grad_in_place(self._tied_embedding)
 
     def _optimizer_step(self) -> Optional[str]:
         """Clip and apply the window's gradients unless one is NaN/inf (then drop them, return "the gradients").

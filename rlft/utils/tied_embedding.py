@@ -13,6 +13,14 @@ filling fresh pages costs little outside the profiler; on GPU it is one vocabula
 temporary fewer at the peak (1 GiB in fp32 for a 128k x 2048 tied model). The parameter's
 ``.grad`` is dense as before, because the dense LM-head contribution is part of it when the head
 is in the loss; `densify_grad` covers the case where it is not (a loss that never reads the logits).
+
+`lookup_grad_in_place` goes one step further on a single process: the lookup does not enter
+autograd's sum at all. Its backward keeps the (tokens, d) gradient rows and, once the whole
+backward has finished (and the LM head's dense gradient sits in ``.grad``), adds them to
+``.grad`` in place with one ``index_add_``: no (V, d) copy. Measured on the `ppo` workload
+(8192 x 256 tied weight), 3-8% more steps/s than the sparse path (docs/benchmarks.md). It
+must not be used where gradients are reduced across processes during backward (DDP): the rows
+arrive after the reduction.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Optional
 
+import torch
 from torch import nn
 
 
@@ -81,4 +90,61 @@ def densify_grad(embedding: Optional[nn.Embedding]) -> None:
         embedding.weight.grad = grad.to_dense()
 
 
-__all__ = ["densify_grad", "sparse_embedding_grad", "tied_trainable_input_embedding"]
+class _LookupRows(torch.autograd.Function):
+    """Identity on an embedding's (detached) output whose backward hands the gradient rows to the
+    weight's ``.grad`` at the end of the backward pass (`lookup_grad_in_place`).
+
+    anchor: an empty leaf that requires grad (it puts the function into the graph without an edge to
+    the weight); output: (..., d) looked-up rows; ids: (...) their token ids.
+    """
+
+    @staticmethod
+    def forward(ctx, anchor, output, ids, embedding):
+        ctx.save_for_backward(ids)
+        ctx.embedding = embedding
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        embedding = ctx.embedding
+        ids = ids.reshape(-1)  # (N,)
+        rows = grad.reshape(-1, grad.shape[-1])  # (N, d)
+
+        def add_rows() -> None:  # after the whole backward: the LM head's dense gradient is in .grad by then
+            weight = embedding.weight
+            kept = rows.to(weight.dtype)
+            if embedding.padding_idx is not None:  # as the dense lookup backward: no gradient for the padding row
+                kept = kept.masked_fill((ids == embedding.padding_idx)[:, None], 0.0)
+            if weight.grad is None:  # the LM head was not in the loss
+                weight.grad = torch.zeros_like(weight)
+            weight.grad.index_add_(0, ids, kept)
+
+        torch.autograd.Variable._execution_engine.queue_callback(add_rows)
+        return None, None, None, None
+
+
+def _defer_lookup(module: nn.Embedding, args, output):
+    anchor = torch.empty(0, device=output.device, requires_grad=True)
+    return _LookupRows.apply(anchor, output.detach(), args[0], module)
+
+
+@contextlib.contextmanager
+def lookup_grad_in_place(embedding: nn.Embedding | None) -> Iterator[None]:
+    """Forward passes inside add ``embedding``'s lookup gradient to its weight's ``.grad`` in place at the end of
+    each backward (no-op for None). Same gradient as autograd's; single process only (see the module docstring).
+
+    Embeddings that renormalise (``max_norm``) or scale by frequency get `sparse_embedding_grad` instead.
+    """
+    if embedding is None or embedding.max_norm is not None or embedding.scale_grad_by_freq:
+        with sparse_embedding_grad(embedding):
+            yield
+        return
+    handle = embedding.register_forward_hook(_defer_lookup)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+__all__ = ["densify_grad", "lookup_grad_in_place", "sparse_embedding_grad", "tied_trainable_input_embedding"]

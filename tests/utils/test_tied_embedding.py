@@ -1,13 +1,19 @@
-"""The sparse lookup gradient for a tied embedding gives the dense path's gradient and updates."""
+"""The sparse and the in-place lookup gradients of a tied embedding give the dense path's gradient and updates."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
 import torch
 
-from rlft.utils.tied_embedding import densify_grad, sparse_embedding_grad, tied_trainable_input_embedding
+from rlft.utils.tied_embedding import (
+    densify_grad,
+    lookup_grad_in_place,
+    sparse_embedding_grad,
+    tied_trainable_input_embedding,
+)
 
 
 def _causal(model_path, arch="gpt2"):
@@ -64,6 +70,60 @@ def test_a_loss_without_the_head_still_leaves_a_dense_gradient(model_path):
     torch.testing.assert_close(emb.weight.grad, expected)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_in_place_lookup_gradient_equals_the_dense_one_over_accumulated_backwards(model_path, arch):
+    model = _causal(model_path, arch)
+    emb = tied_trainable_input_embedding(model)
+    ids = torch.tensor([[5, 6, 7, 5, 9, 5], [11, 12, 12, 14, 15, 16]])  # repeated ids: rows that must be summed
+
+    def loss_of(out):
+        return torch.log_softmax(out.logits, -1)[..., 3].sum() + (out.logits[:, -1] ** 2).mean()
+
+    grads = {}
+    for mode, context in (("dense", lambda: contextlib.nullcontext()), ("in place", lambda: lookup_grad_in_place(emb))):
+        model.zero_grad(set_to_none=True)
+        for scale in (1.0, -0.5):  # two backwards into the same .grad, as gradient accumulation does
+            with context():
+                out = model(input_ids=ids)
+            (scale * loss_of(out)).backward()
+        grads[mode] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["dense"].keys() == grads["in place"].keys()
+    for name in grads["dense"]:
+        torch.testing.assert_close(grads["in place"][name], grads["dense"][name], atol=1e-6, rtol=1e-5)
+    assert not emb._forward_hooks  # the hook is removed after the forward
+
+
+def test_in_place_lookup_leaves_the_padding_row_to_the_head_alone():
+    """An embedding with ``padding_idx`` (the tiny test models have none): the dense lookup gives that row no
+    gradient, only the LM head does; the in-place rows must do the same."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 4, padding_idx=0)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied
+    ids = torch.tensor([[0, 3, 3, 0, 7]])
+    grads = []
+    for context in (contextlib.nullcontext, lambda: lookup_grad_in_place(emb)):
+        emb.weight.grad = None
+        with context():
+            hidden = emb(ids)
+        torch.log_softmax(head(torch.tanh(hidden)), -1)[..., 2].sum().backward()
+        grads.append(emb.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-7, rtol=1e-6)
+
+
+def test_in_place_lookup_without_the_head_in_the_loss(model_path):
+    model = _causal(model_path)
+    emb = tied_trainable_input_embedding(model)
+    ids = torch.tensor([[5, 6, 7, 5]])
+    model.zero_grad(set_to_none=True)
+    with lookup_grad_in_place(emb):
+        rows = emb(ids)
+    rows.pow(2).sum().backward()
+    expected = torch.zeros_like(emb.weight)
+    expected.index_add_(0, ids[0], 2 * emb.weight.detach()[ids[0]])  # id 5 twice: its rows add up
+    torch.testing.assert_close(emb.weight.grad, expected)
+
+
 def test_untied_frozen_and_peft_embeddings_are_left_alone(model_path):
     model = _causal(model_path)
     untied = copy.deepcopy(model)
@@ -80,7 +140,8 @@ def test_untied_frozen_and_peft_embeddings_are_left_alone(model_path):
         pass
 
 
-def test_ppo_step_with_the_sparse_lookup_matches_the_dense_path(model_path, pad_tokenizer):
+def test_ppo_step_with_the_tied_lookup_gradient_matches_the_dense_path(model_path, pad_tokenizer):
+    """The trainer's default on one process: the in-place lookup gradient (`PPOTrainer._tied_lookup_grad`)."""
     from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
     def run(use_sparse: bool):
@@ -99,7 +160,7 @@ def test_ppo_step_with_the_sparse_lookup_matches_the_dense_path(model_path, pad_
         return before, after, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
     before, after_dense, dense = run(False)
-    _, after_sparse, sparse = run(True)
+    _, _, sparse = run(True)
     assert not torch.equal(after_dense, before)  # the embedding did train
     for name in dense:
         torch.testing.assert_close(sparse[name], dense[name], atol=1e-5, rtol=1e-4)
