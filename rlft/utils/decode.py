@@ -175,7 +175,7 @@ def lean_decode_plan(model, kwargs: dict) -> LeanDecode | None:
     plain sampling (the caller checks that the sampling settings are plain), else None.
 
     Taken: a causal transformers model on CPU (alone, in a value-head wrapper, or under a non-prompt-learning
-    peft adapter), ``input_ids`` and ``attention_mask`` of the same (B, W), ``max_new_tokens`` >= 1, and no
+    peft adapter) whose ``generate`` is transformers' own (not overridden by its class or instance), ``input_ids`` and ``attention_mask`` of the same (B, W), ``max_new_tokens`` >= 1, and no
     other generation setting than those in `_HANDLED` away from transformers' defaults (no logits
     processors, stopping criteria, streamer, beams, several returned sequences, static cache, ...), and no
     process group of more than one process (transformers keeps every rank stepping there).
@@ -195,6 +195,12 @@ def lean_decode_plan(model, kwargs: dict) -> LeanDecode | None:
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         return None
     if not target._supports_default_dynamic_cache() or target.device.type != "cpu":
+        return None
+    from transformers import GenerationMixin
+
+    # a generate of its own (a model class's, or one set on the instance, e.g. to count or wrap calls) must run
+    if any("generate" in vars(m) for m in (model, inner, target) if m is not None) \
+            or getattr(type(target), "generate", None) is not GenerationMixin.generate:
         return None
     rest = dict(kwargs)
     input_ids, attention_mask = rest.pop("input_ids", None), rest.pop("attention_mask", None)

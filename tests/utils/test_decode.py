@@ -283,6 +283,12 @@ def test_settings_the_lean_loop_does_not_implement_go_to_transformers(model_path
     assert lean_decode_plan(model, {**gen, **extra}) is None
     assert lean_decode_plan(model, {**gen, "logits_processor": LogitsProcessorList()}) is None
     assert lean_decode_plan(model, {"input_ids": ids, **SAMPLE, "max_new_tokens": 4}) is None  # no attention mask
+    counted = []
+    model.generate = lambda **kw: counted.append(kw) or type(model).generate(model, **kw)  # a wrapped generate runs
+    assert lean_decode_plan(model, gen) is None
+    generate(model, **gen)
+    assert len(counted) == 1
+    del model.generate
     t5 = AutoModelForSeq2SeqLM.from_pretrained(model_path("t5"))
     assert lean_decode_plan(t5, gen) is None
     monkeypatch.setenv(DECODE_LOOP_ENV, "transformers")
