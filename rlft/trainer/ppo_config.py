@@ -345,12 +345,16 @@ class PPOConfig:
         return self.accelerator_kwargs.get("mixed_precision")
 
     def accelerator_settings(self) -> dict[str, Any]:
-        """The keyword arguments of `accelerate.Accelerator`: ``accelerator_kwargs``, with ``mixed_precision``
-        passed on only for "fp16" (accelerate's gradient scaler). "bf16" and "no" are the trainer's own autocast:
-        accelerate keeps its precision in process-wide state that a second trainer with another one could not change."""
+        """The keyword arguments of `accelerate.Accelerator`: ``accelerator_kwargs``, with ``mixed_precision`` passed
+        on only where accelerate must own it: "fp16" (its gradient scaler) and sharded runs (an ``fsdp_plugin`` or
+        ``deepspeed_plugin``: FSDP's and DeepSpeed's own mixed precision, as before this option existed). Otherwise
+        "bf16" and "no" are the trainer's own autocast: accelerate keeps its precision in process-wide state, which
+        a second trainer with another precision in the same process could not change."""
         settings = {k: v for k, v in self.accelerator_kwargs.items() if k != "mixed_precision"}
-        if self.requested_mixed_precision() == "fp16":
-            settings["mixed_precision"] = "fp16"
+        requested = self.requested_mixed_precision()
+        sharded = any(self.accelerator_kwargs.get(k) is not None for k in ("fsdp_plugin", "deepspeed_plugin"))
+        if requested == "fp16" or (sharded and requested is not None):
+            settings["mixed_precision"] = requested
         return settings
 
     @property

@@ -147,6 +147,15 @@ def test_conflicting_or_unknown_settings_are_refused():
     assert PPOConfig(mixed_precision="bf16", accelerator_kwargs={"mixed_precision": "bf16"}).requested_mixed_precision() == "bf16"
 
 
+def test_accelerate_gets_the_precision_only_where_it_must_own_it():
+    assert "mixed_precision" not in PPOConfig(mixed_precision="bf16").accelerator_settings()  # the trainer's autocast
+    assert "mixed_precision" not in PPOConfig(accelerator_kwargs={"mixed_precision": "bf16"}).accelerator_settings()
+    assert PPOConfig(mixed_precision="fp16").accelerator_settings()["mixed_precision"] == "fp16"  # its GradScaler
+    sharded = PPOConfig(mixed_precision="bf16", accelerator_kwargs={"fsdp_plugin": object()}).accelerator_settings()
+    assert sharded["mixed_precision"] == "bf16"  # FSDP's / DeepSpeed's own mixed precision
+    assert "mixed_precision" not in PPOConfig(accelerator_kwargs={"deepspeed_plugin": object()}).accelerator_settings()
+
+
 def test_a_request_against_accelerates_own_setting_is_refused():
     from rlft.trainer.ppo_trainer import _resolve_mixed_precision
 
