@@ -196,6 +196,8 @@ def lean_decode_plan(model, kwargs: dict) -> LeanDecode | None:
         return None
     if not target._supports_default_dynamic_cache() or target.device.type != "cpu":
         return None
+    if target.training and getattr(target, "is_gradient_checkpointing", False):
+        return None  # its forward may drop the cache in training mode; transformers' loop warns about it
     from transformers import GenerationMixin
 
     # a generate of its own (a model class's, or one set on the instance, e.g. to count or wrap calls) must run

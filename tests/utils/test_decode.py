@@ -202,7 +202,8 @@ def test_lean_loop_draws_transformers_tokens(model_path, monkeypatch, arch):
     _same_as_transformers(model, monkeypatch, input_ids=ids, attention_mask=mask, max_new_tokens=9, pad_token_id=eos, **SAMPLE)
 
 
-@pytest.mark.parametrize("case", ["eos_min_new_tokens", "min_length", "warpers", "no_padding", "no_pad_id", "generation_config"])
+@pytest.mark.parametrize("case", ["eos_min_new_tokens", "min_length", "warpers", "no_padding", "no_pad_id", "generation_config",
+                                  "two_eos"])
 def test_lean_loop_stopping_rules_and_settings_match_transformers(model_path, monkeypatch, case):
     from transformers import GenerationConfig
 
@@ -212,6 +213,9 @@ def test_lean_loop_stopping_rules_and_settings_match_transformers(model_path, mo
     gen = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 12, "pad_token_id": eos, **SAMPLE}
     if case in ("eos_min_new_tokens", "min_length", "no_pad_id", "generation_config"):
         _eos_bias(model, eos)
+    if case == "two_eos":  # a second stop token, likelier than the first: rows end on either
+        _eos_bias(model, 7, value=4.0)
+        gen.update(eos_token_id=[eos, 7], min_new_tokens=2)
     if case == "eos_min_new_tokens":
         gen["min_new_tokens"] = 3
     elif case == "min_length":
@@ -230,6 +234,12 @@ def test_lean_loop_stopping_rules_and_settings_match_transformers(model_path, mo
                "generation_config": GenerationConfig(max_new_tokens=10, min_new_tokens=2, eos_token_id=eos, pad_token_id=eos, **SAMPLE)}
     got = _same_as_transformers(model, monkeypatch, **gen)
     new = got[:, ids.shape[1]:]
+    if case == "two_eos":
+        ended = (new == 7).any(1)
+        assert ended.any() and (new[:, :2] != 7).all()
+        first = (new == 7).int().argmax(1)
+        for row, f in zip(new[ended], first[ended]):
+            assert (row[f + 1:] == eos).all()  # padded with pad_token_id after a row's first stop token
     if case in ("eos_min_new_tokens", "min_length", "no_pad_id", "generation_config"):
         finished = (new == eos).any(1)
         assert finished.any() and (new[:, :2] != eos).all()  # some rows ended, none before the minimum
@@ -289,6 +299,9 @@ def test_settings_the_lean_loop_does_not_implement_go_to_transformers(model_path
     generate(model, **gen)
     assert len(counted) == 1
     del model.generate
+    model.gradient_checkpointing_enable()
+    assert lean_decode_plan(model.train(), gen) is None  # its forward may drop the cache in training mode
+    assert lean_decode_plan(model.eval(), gen) is not None
     t5 = AutoModelForSeq2SeqLM.from_pretrained(model_path("t5"))
     assert lean_decode_plan(t5, gen) is None
     monkeypatch.setenv(DECODE_LOOP_ENV, "transformers")
