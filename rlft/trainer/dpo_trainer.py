@@ -32,7 +32,6 @@ from ..utils.sampling_generate import generate as sampling_generate
 from ..data.packing import pack_padded, packed_attention_is_exact
 from ..functional import dpo as F_dpo
 from ..functional.logprobs import selected_log_probs
-from ..models import create_reference_model
 from ..models._peft import is_peft_model, wrap_peft
 from . import _sharding
 from ._helpers import PerModelCheck, disable_dropout_in_model, pad_token_id_or_eos
@@ -201,8 +200,9 @@ class DPOTrainer(Trainer):
             # The policy itself (adapter off, or before any update) is the reference.
             self.ref_model = None
         else:
-            # A frozen deep copy; works for value-head wrappers and plain modules alike.
-            self.ref_model = create_reference_model(model)
+            # A frozen deep copy; works for value-head wrappers and plain modules alike. Under ZeRO-3 the
+            # policy was loaded partitioned (zero.Init), so the reference is loaded again, partitioned too.
+            self.ref_model = _sharding.create_reference(model, accelerator=None)
         if disable_dropout:
             disable_dropout_in_model(model)
             if self.ref_model is not None:
@@ -264,7 +264,8 @@ class DPOTrainer(Trainer):
         # DPO's loss is a mean over pairs: no rescaling by a token count.
         self.model_accepts_loss_kwargs = False
         if self.ref_model is not None:
-            if _sharding.fsdp2_modules(self.accelerator.unwrap_model(self.model)):  # shard the reference like the policy
+            # shard the reference like the policy: FSDP2, or DeepSpeed's inference engine under ZeRO-3
+            if _sharding.fsdp2_modules(self.accelerator.unwrap_model(self.model)) or _sharding.is_zero3(self.accelerator):
                 self.ref_model = _sharding.prepare_reference(self.ref_model, self.accelerator)
             else:
                 self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
@@ -748,16 +749,20 @@ class DPOTrainer(Trainer):
             pad_token_id=pad_id,
         )
         unwrapped = self.accelerator.unwrap_model(model)
+        # sharded (FSDP2 / ZeRO-3): each model's parameters gathered once for its generate call
         with torch.no_grad(), self.compute_loss_context_manager():
-            policy_out = sampling_generate(unwrapped, **gen_kwargs)
+            with _sharding.gathered_parameters(unwrapped, self.accelerator):
+                policy_out = sampling_generate(unwrapped, **gen_kwargs)
             if self.ref_model is None:
                 if self._reference_released:
                     reference_out = None
                 else:
-                    with self.null_ref_context():
+                    with self.null_ref_context(), _sharding.gathered_parameters(unwrapped, self.accelerator):
                         reference_out = sampling_generate(unwrapped, **gen_kwargs)
             else:
-                reference_out = sampling_generate(self.accelerator.unwrap_model(self.ref_model), **gen_kwargs)
+                reference = self.accelerator.unwrap_model(self.ref_model)
+                with _sharding.gathered_parameters(reference, self.accelerator):
+                    reference_out = sampling_generate(reference, **gen_kwargs)
         decode = lambda ids: self.tokenizer.batch_decode(pad_to_length(ids, self.max_length, pad_id), skip_special_tokens=True)  # noqa: E731
         return decode(policy_out), (decode(reference_out) if reference_out is not None else [])
 

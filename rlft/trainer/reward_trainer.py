@@ -18,7 +18,7 @@ from ..data.reward import REWARD_COLUMNS, RewardDataCollatorWithPadding, compute
 from ..functional.reward import pairwise_reward_loss
 from ..models._peft import wrap_peft
 from ._helpers import PerModelCheck, disable_dropout_in_model, pad_with_mask
-from ._sharding import fsdp2_modules
+from ._sharding import _zero3_partitioned, fsdp2_modules
 from ._model_helpers import unwrap_base_model
 from .reward_config import RewardConfig
 
@@ -244,12 +244,14 @@ class RewardTrainer(Trainer):
         return self.padding_free and self._packing_works(model)
 
     def _packing_probe(self, model) -> bool:
-        """Needs an unwrapped (no DDP, no FSDP2) model with a linear ``score`` head over ``base_model``
+        """Needs an unwrapped (no DDP, no FSDP2, no ZeRO-3) model with a linear ``score`` head over ``base_model``
         and a pad token; then a probe batch must give the padded forwards' rewards."""
         if model is not self.accelerator.unwrap_model(model):
             return False
         if fsdp2_modules(model):  # the probe's direct backbone call would initialise an inner FSDP2 block as a root
             return False
+        if _zero3_partitioned(model):  # ZeRO-3: a forward outside the engine would see empty partitions, and each
+            return False  # process deciding alone would run forwards whose parameter gathers do not pair up
         inner = unwrap_base_model(model)
         pad = getattr(getattr(inner, "config", None), "pad_token_id", None)
         if pad is None or not isinstance(getattr(inner, "score", None), nn.Linear) or not hasattr(inner, "base_model"):

@@ -158,16 +158,8 @@ def test_rlft_sft_deepspeed_two_processes(tmp_path, stage):
     assert_same_parameters(trained, deepspeed_weights(last))
 
 
-ZERO3_REWARD_PROBE = (
-    "RewardTrainer's packing probe passes under ZeRO-3, so in evaluation each process decides alone whether to "
-    "pack its batch: the processes then run different forwards, whose ZeRO-3 gathers do not pair up (gloo: "
-    "'Received data size doesn't match expected size'). Fix in rlft/trainer/reward_trainer.py: _packing_probe "
-    "returns False under _sharding.is_zero3(self.accelerator), as it does under FSDP2."
-)
-
-
 @pytest.mark.parametrize("sharding", [
-    "fsdp", "zero2", pytest.param("zero3", marks=pytest.mark.xfail(strict=True, reason=ZERO3_REWARD_PROBE)),
+    "fsdp", "zero2", "zero3",
 ])
 def test_rlft_reward_sharded_two_processes(tmp_path, sharding):
     """``rlft reward --tiny`` sharded: the sample pairs are scored with the gathered model on every process
@@ -199,17 +191,8 @@ def test_rlft_reward_sharded_two_processes(tmp_path, sharding):
         assert_same_parameters(trained, deepspeed_weights(run / "checkpoints" / "checkpoint-6"))
 
 
-ZERO3_DPO_REFERENCE = (
-    "DPOTrainer under ZeRO-3 deep-copies the policy, which zero.Init loaded partitioned, into its reference (empty "
-    "partitions: \"'weight' must be 2-D\"), and leaves that reference outside any DeepSpeed engine. Fix in "
-    "rlft/trainer/dpo_trainer.py: under ZeRO-3 build the reference with _sharding.create_reference (loaded again "
-    "from the policy's name_or_path, partitioned, as PPOTrainer does) and place it with _sharding.prepare_reference "
-    "(DeepSpeed's inference engine), not accelerator.prepare_model."
-)
-
-
 @pytest.mark.parametrize("sharding", [
-    "fsdp", "zero2", pytest.param("zero3", marks=pytest.mark.xfail(strict=True, reason=ZERO3_DPO_REFERENCE)),
+    "fsdp", "zero2", "zero3",
 ])
 def test_rlft_dpo_sharded_two_processes(tmp_path, sharding):
     """``rlft dpo --tiny`` sharded (the reference a frozen copy of the policy): 6 steps logged once, samples
