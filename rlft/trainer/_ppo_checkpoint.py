@@ -163,6 +163,7 @@ class PPOCheckpointMixin:
                 deepspeed_universal(ckpt)
             except Exception as err:  # noqa: BLE001  (any failure must stop every process, not leave them at a barrier)
                 failed = err
+        # an all-reduce: also the barrier that keeps the other processes from reading a half-written conversion
         if _distributed.any_over_processes(failed is not None, acc):
             raise RuntimeError(
                 f"{ckpt} was saved by {state.get('world_size')} processes and DeepSpeed could not convert it to its "

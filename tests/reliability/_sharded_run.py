@@ -410,6 +410,10 @@ def _deepspeed_optimizer_state(model, optimizer) -> dict:
 
     base = optimizer
     while hasattr(base, "optimizer"):  # accelerate's wrapper, DeepSpeed's ZeRO optimizer, then torch's Adam
+        if hasattr(base, "_lazy_init_hp_params_optimizer_state"):
+            # ZeRO-1/2 links each parameter to its moments at the first step; after DeepSpeed's own (non-universal)
+            # load that is the next step, so the loaded moments are linked here to be read
+            base._lazy_init_hp_params_optimizer_state()
         base = base.optimizer
     # one state per flat partition: as many as the processes and ZeRO's groups make, all at the same step
     steps = sorted({float(state["step"]) for state in base.state.values() if "step" in state})

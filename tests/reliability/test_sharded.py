@@ -7,6 +7,7 @@ within the gloo timeout."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -203,11 +204,16 @@ def test_ppo_deepspeed_zero_two_processes_match_one(model_path, tmp_path, stage)
         assert two["params_kb"] == 0 and two["reference_partitioned"]
     assert_pretrained_is_the_trained_model(tmp_path / "two")  # ZeRO-3: gathered with GatheredParameters
 
-    # The checkpoint (DeepSpeed's files, one optimizer partition per process) resumes in 1 process: load_checkpoint
-    # converts it to DeepSpeed's universal format first. Weights, fp32 master weights, Adam moments and step as saved.
+    # The checkpoint (DeepSpeed's files, one optimizer partition per process) resumes in as many processes with
+    # DeepSpeed's own load, and in 1 process: load_checkpoint converts it to DeepSpeed's universal format first.
+    # Each time: weights, fp32 master weights, Adam moments and step as saved.
     ckpt = Path(two["checkpoint"])
     universal = ckpt / "pytorch_model" / "zero"
     assert (ckpt / "pytorch_model").is_dir() and not universal.exists()
+    launch("ppo", model_dir, tmp_path / "same", f"zero{stage}", f"resume={ckpt}", env=DS_CPU)
+    same = json.loads((tmp_path / "same" / "stats.json").read_text())
+    assert not any("processes, this run has" in w for w in same["warnings"]) and not universal.exists()  # no conversion
+    assert_resumed_as_saved(tmp_path / "same", tmp_path / "two")
     launch("ppo", model_dir, tmp_path / "one_resumed", f"zero{stage}", f"resume={ckpt}", nproc=1, env=DS_CPU)
     resumed = json.loads((tmp_path / "one_resumed" / "stats.json").read_text())
     assert resumed["sharding"] == f"DeepSpeed ZeRO-{stage} over 1 processes"
@@ -221,6 +227,20 @@ def test_ppo_deepspeed_zero_two_processes_match_one(model_path, tmp_path, stage)
     again = json.loads((tmp_path / "two_resumed" / "stats.json").read_text())
     assert any("saved with 1 processes, this run has 2" in w for w in again["warnings"])
     assert_resumed_as_saved(tmp_path / "two_resumed", tmp_path / "one_resumed")
+
+    # A conversion that fails (here: one process's optimizer partition damaged) stops both processes with the
+    # error and the ways out: the main process's own, the other's through the shared flag (not a wait at a barrier)
+    damaged = tmp_path / "damaged" / Path(resumed["checkpoint"]).name
+    shutil.copytree(resumed["checkpoint"], damaged)
+    shutil.rmtree(damaged / "pytorch_model" / "zero", ignore_errors=True)
+    for partition in (damaged / "pytorch_model").glob("*optim_states.pt"):  # bytes garbled, size kept (rlft's
+        data = bytearray(partition.read_bytes())  # checkpoint marker records sizes: a truncated file is refused earlier)
+        data[: len(data) // 2] = bytes(len(data) // 2)
+        partition.write_bytes(bytes(data))
+    proc = launch("ppo", model_dir, tmp_path / "damaged_run", f"zero{stage}", f"resume={damaged}", expect_rc=None, env=DS_CPU)
+    assert proc.returncode != 0
+    assert proc.stderr.count("DeepSpeed could not convert it to its universal format for 2") == 2, proc.stderr[-3000:]
+    assert "Resume with 1 processes" in proc.stderr
 
     # Refused in one line that names the ways out: another ZeRO stage (DeepSpeed's files differ per stage) ...
     other = {2: 3, 3: 2}[stage]
