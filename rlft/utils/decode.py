@@ -185,7 +185,11 @@ def lean_decode_plan(model, kwargs: dict) -> LeanDecode | None:
     if not decode_loop_enabled():
         return None
     target = unwrap_base_model(model)
-    if not hasattr(target, "_prepare_generation_config") or getattr(target.config, "is_encoder_decoder", False):
+    # transformers' helpers this mirrors (private; another transformers version without them keeps its own loop)
+    needed = ("_prepare_generation_config", "_supports_default_dynamic_cache", "generation_config")
+    if not all(hasattr(target, name) for name in needed) or getattr(target.config, "is_encoder_decoder", False):
+        return None
+    if not hasattr(target.generation_config, "_get_default_generation_params"):
         return None
     if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
         return None
