@@ -175,8 +175,9 @@ def lean_decode_plan(model, kwargs: dict) -> LeanDecode | None:
     plain sampling (the caller checks that the sampling settings are plain), else None.
 
     Taken: a causal transformers model on CPU (alone, in a value-head wrapper, or under a non-prompt-learning
-    peft adapter) whose ``generate`` is transformers' own (not overridden by its class or instance), ``input_ids`` and ``attention_mask`` of the same (B, W), ``max_new_tokens`` >= 1, and no
-    other generation setting than those in `_HANDLED` away from transformers' defaults (no logits
+    peft adapter) whose ``generate`` is transformers' own (not overridden by its class or instance),
+    ``input_ids`` and ``attention_mask`` of the same (B, W), ``max_new_tokens`` >= 1, and no other
+    generation setting than those in `_HANDLED` away from transformers' defaults (no logits
     processors, stopping criteria, streamer, beams, several returned sequences, static cache, ...), and no
     process group of more than one process (transformers keeps every rank stepping there).
     """
