@@ -289,7 +289,6 @@ def deepspeed_universal(checkpoint: str | Path) -> Path:
     model size for Adam), written aside and renamed into place, so an interrupted conversion leaves no half folder.
     """
     import argparse
-    import contextlib
     import io
     import shutil
 
