@@ -19,12 +19,15 @@ def gradients_finite(parameters: list[Tensor]) -> bool:
 
     One fused pass per (device, dtype) group through torch's own check for the gradient scaler
     (`GradScaler.unscale_`), at scale 1 (the gradients keep their values): about half the time of
-    the 2-norm, which PPO needs only to clip (then the clipping's norm is checked instead).
+    the 2-norm, which PPO needs only to clip (then the clipping's norm is checked instead). Sharded
+    gradients are checked shard by shard: the trainer combines the answer over processes.
     """
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for p in parameters:
         if p.grad is not None:
-            groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad.detach())
+            grad = p.grad.detach()
+            grad = grad.to_local() if hasattr(grad, "to_local") else grad  # FSDP2 (DTensor): this process's shard
+            groups.setdefault((grad.device, grad.dtype), []).append(grad)
     found = []
     for (device, _), grads in groups.items():
         found_inf = torch.zeros(1, device=device)  # set to 1 by the check on any NaN/inf
