@@ -43,7 +43,7 @@ class _SelectedLogProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, chunk_rows: int) -> Tensor:
-        n, vocab = logits.shape
+        n = logits.shape[0]  # logits (N, V)
         out = torch.empty(n, dtype=_out_dtype(logits.dtype), device=logits.device)
         for start in range(0, n, chunk_rows):
             rows = logits[start : start + chunk_rows].to(out.dtype)  # (n_chunk, V)

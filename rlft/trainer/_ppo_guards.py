@@ -4,7 +4,6 @@ stats, early stopping on the policy KL, and the settings an out-of-memory error 
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -47,7 +46,7 @@ class PPOGuardsMixin:
         """
         self.nonfinite.bad_step(what, self.current_step)
         self._drop_gradients()
-        gather = lambda seqs: _distributed.gather_rows(_ppo_stats.lengths(seqs), self.accelerator)  # noqa: E731
+        gather = lambda seqs: _distributed.gather_rows(_ppo_stats.lengths(seqs), self.accelerator)
         stats = _ppo_stats.skipped_step_stats(
             _ppo_stats.scalar_stats(self.config.uses_critic), gather(inputs.queries), gather(inputs.responses),
             self.kl_ctl.value, self.optimizer.param_groups[0]["lr"],
@@ -65,21 +64,23 @@ class PPOGuardsMixin:
         cfg = self.config
         longest = max(q.numel() + r.numel() for q, r in zip(inputs.queries, inputs.responses))
         return [
-            f"PPOConfig.mini_batch_size (now {cfg.mini_batch_size}: samples per forward and backward chunk), "
-            f"raising gradient_accumulation_steps (now {cfg.gradient_accumulation_steps}) to keep their product",
+            (
+                f"PPOConfig.mini_batch_size (now {cfg.mini_batch_size}: samples per forward and backward chunk), "
+                f"raising gradient_accumulation_steps (now {cfg.gradient_accumulation_steps}) to keep their product"
+            ),
             f"the sample length (longest query + response now {longest} tokens: lower max_new_tokens or truncate queries)",
             f"PPOConfig.batch_size (now {cfg.batch_size})",
             "or enable gradient checkpointing (the language model's gradient_checkpointing_enable())",
         ]
 
-    def _nonfinite_scores(self, scores: Tensor) -> Optional[str]:
+    def _nonfinite_scores(self, scores: Tensor) -> str | None:
         """Where the scores are NaN/inf (on any process), or None."""
         bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()
         if not _distributed.any_over_processes(bool(bad), self.accelerator):
             return None
         return f"the scores (positions {bad} on process {self.accelerator.process_index})" if bad else "the scores of another process"
 
-    def _nonfinite_rollout(self, logprobs: Tensor, ref_logprobs: Tensor, values: Tensor, kls: Tensor) -> Optional[str]:
+    def _nonfinite_rollout(self, logprobs: Tensor, ref_logprobs: Tensor, values: Tensor, kls: Tensor) -> str | None:
         """Which rollout tensors hold NaN/inf (on any process), or None."""
         bad = nonfinite_names({"log-probs": logprobs, "reference log-probs": ref_logprobs, "values": values, "per-token KL": kls})
         if not _distributed.any_over_processes(bool(bad), self.accelerator):

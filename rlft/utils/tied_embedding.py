@@ -26,13 +26,13 @@ arrive after the reduction.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 
-def tied_trainable_input_embedding(model: nn.Module) -> Optional[nn.Embedding]:
+def tied_trainable_input_embedding(model: nn.Module) -> nn.Embedding | None:
     """The ``nn.Embedding`` whose trainable weight is also the LM head's weight, else None.
 
     ``model``: a transformers model, rlft value-head wrapper or peft model, not wrapped for
@@ -62,7 +62,7 @@ def tied_trainable_input_embedding(model: nn.Module) -> Optional[nn.Embedding]:
 
 
 @contextlib.contextmanager
-def sparse_embedding_grad(embedding: Optional[nn.Embedding]) -> Iterator[None]:
+def sparse_embedding_grad(embedding: nn.Embedding | None) -> Iterator[None]:
     """Forward passes inside record a sparse gradient for ``embedding``'s lookup (no-op for None).
 
     Only the forward needs to be inside: autograd records the choice when the lookup runs.
@@ -78,7 +78,7 @@ def sparse_embedding_grad(embedding: Optional[nn.Embedding]) -> Iterator[None]:
         embedding.sparse = before
 
 
-def densify_grad(embedding: Optional[nn.Embedding]) -> None:
+def densify_grad(embedding: nn.Embedding | None) -> None:
     """Make ``embedding.weight.grad`` dense if only the sparse lookup gradient reached it.
 
     Optimizers such as Adam (fused or not) and gradient clipping refuse sparse gradients.
