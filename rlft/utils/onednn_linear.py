@@ -1,0 +1,150 @@
+"""fp32 linear layers on oneDNN instead of MKL's sgemm, forward and backward, while a model trains on CPU.
+
+torch runs ``F.linear`` / ``torch.addmm`` / ``torch.mm`` in fp32 on MKL's sgemm. On the 2-core AVX-512
+CPU of rlft's benchmarks that reaches about 200-225 GFLOP/s on the PPO workload's shapes (172-688 rows,
+d=256, V=8192); oneDNN's fp32 inner product (``torch.ops.mkldnn._linear_pointwise``) reaches 390-510
+GFLOP/s on the same products, and it takes the weight in torch's own layout, or transposed as a strided
+view, with no reorder ahead of time (`benchmarks/onednn_bench.py`, docs/ppo_performance.md "oneDNN linears
+in training"). All three products of a linear layer are inner products of this kind:
+
+    forward        y  = x @ W^T + b   = linear(x, W, b)              x: (N, in), W: (out, in)
+    input grad     gx = gy @ W         = linear(gy, W^T)              gy: (N, out)
+    weight grad    gW = gy^T @ x       = linear(gy^T, x^T)            (out, in)
+    bias grad      gb = gy.sum(0)                                     (out,)
+
+GPT-2's ``Conv1D`` stores its weight as (in, out) and computes ``x @ W + b``: the same products with W
+transposed. `onednn_linears` routes every fp32 CPU call of each ``nn.Linear`` / ``Conv1D`` of a model
+(with or without gradients) through `OneDNNLinear`, an autograd function that computes those four lines.
+The arithmetic is the same; the summation order differs, so results agree with torch's to fp32 rounding
+(about 1e-6 relative), like a change of batch size. Nothing is cached: the weights are read at every
+call, so optimizer steps inside the block need nothing special.
+
+Calls under autocast, in another dtype, on another device, with tensor subclasses or while
+``torch.compile`` traces run the module's own forward. peft's LoRA wrappers are not touched (their forward
+differs), but their base layer and adapter matrices are plain ``nn.Linear`` / ``Conv1D`` and are routed.
+Set the environment variable ``RLFT_ONEDNN_LINEARS=torch`` to switch it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import types
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+#: Environment variable that selects the kernel of `onednn_linears`: "onednn" (default) or "torch".
+ONEDNN_LINEARS_ENV = "RLFT_ONEDNN_LINEARS"
+
+
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's linear op (CPU builds with mkldnn)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_enabled() -> bool:
+    """`onednn_available` and not switched off by ``RLFT_ONEDNN_LINEARS=torch``."""
+    choice = os.environ.get(ONEDNN_LINEARS_ENV, "onednn").lower()
+    if choice not in ("onednn", "torch"):
+        raise ValueError(f"{ONEDNN_LINEARS_ENV}={choice!r} is not a choice: use 'onednn' (default) or 'torch'.")
+    return choice == "onednn" and onednn_available()
+
+
+def _inner(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight^T + bias`` on oneDNN. x: (N, in) or (..., in); weight: (out, in), row- or column-major."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")  # (..., out)
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` (or, with ``transposed``, Conv1D's ``x @ weight + bias``) with all
+    products on oneDNN. x: (..., in); weight: (out, in), Conv1D's (in, out) when ``transposed``; bias: (out,)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, transposed: bool) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.transposed = transposed
+        w = weight.t() if transposed else weight  # (out, in)
+        return _inner(x, w, bias)  # (..., out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        gy = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        gx = gw = gb = None
+        if need_x:
+            w_t = weight if ctx.transposed else weight.t()  # W^T: (in, out)
+            gx = _inner(gy, w_t).reshape(x.shape)  # gy @ W: (..., in)
+        if need_w:
+            x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+            # Linear: gW = gy^T @ x (out, in); Conv1D: gW = x^T @ gy (in, out).
+            gw = _inner(x2.t(), gy.t()) if ctx.transposed else _inner(gy.t(), x2.t())
+        if need_b:
+            gb = gy.sum(0)  # (out,)
+        return gx, gw, gb, None
+
+
+def _conv1d_type():
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return None
+    return Conv1D
+
+
+def _plain_fp32_cpu(t: Tensor | None, dim: int) -> bool:
+    return type(t) in (Tensor, torch.nn.Parameter) and t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == dim
+
+
+def _onednn_forward(self: torch.nn.Module, x: Tensor) -> Tensor:
+    """The forward `onednn_linears` binds to each layer: `OneDNNLinear` where it applies, else the module's own."""
+    weight, bias = self.weight, self.bias
+    transposed = type(self) is not torch.nn.Linear  # Conv1D: weight (in, out)
+    in_features = weight.shape[0] if transposed else weight.shape[-1]
+    if (
+        _plain_fp32_cpu(x, x.dim()) and x.dim() >= 2 and x.numel() > 0 and x.shape[-1] == in_features
+        and _plain_fp32_cpu(weight, 2) and weight.numel() > 0 and (bias is None or _plain_fp32_cpu(bias, 1))
+        and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+    ):
+        return OneDNNLinear.apply(x if x.is_contiguous() else x.contiguous(), weight, bias, transposed)
+    return type(self).forward(self, x)
+
+
+def _routable(module: torch.nn.Module, conv1d) -> bool:
+    """Exactly ``nn.Linear`` or GPT-2's ``Conv1D`` (not subclasses, whose forward may differ), not patched by anyone yet."""
+    if type(module) is not torch.nn.Linear and (conv1d is None or type(module) is not conv1d):
+        return False
+    return "forward" not in module.__dict__
+
+
+def _ours(module: torch.nn.Module) -> bool:
+    forward = module.__dict__.get("forward")
+    return isinstance(forward, types.MethodType) and forward.__func__ is _onednn_forward
+
+
+@contextlib.contextmanager
+def onednn_linears(model: torch.nn.Module) -> Iterator[int]:
+    """Within the block, the ``nn.Linear`` / GPT-2 ``Conv1D`` layers of ``model`` run their fp32 CPU calls,
+    forward and backward, on oneDNN (see the module docstring); yields how many layers were routed (0 when
+    switched off or unavailable). The weights may change inside the block (optimizer steps): nothing is
+    cached. The modules are restored on exit, also on error. A backward after the block still runs oneDNN
+    for the graph built inside it.
+    """
+    patched: list[torch.nn.Module] = []
+    if onednn_enabled():
+        conv1d = _conv1d_type()
+        for module in model.modules():
+            if _routable(module, conv1d):
+                # A bound method (not a closure) so that a deepcopy of the module binds to the copy.
+                module.forward = types.MethodType(_onednn_forward, module)
+                patched.append(module)
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            if _ours(module):
+                del module.__dict__["forward"]
