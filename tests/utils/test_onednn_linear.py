@@ -242,3 +242,35 @@ def test_function_alone():
     ref = x @ w + b
     rgx, rgw, rgb = torch.autograd.grad(ref.square().sum(), args)
     assert _rel(out, ref) < REL_TOL and _rel(gx, rgx) < REL_TOL and _rel(gw, rgw) < REL_TOL and _rel(gb, rgb) < REL_TOL
+
+
+def _ppo_step(model_path, pad_tokenizer, routed: bool):
+    from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(model_path("gpt2"))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # SGD: the update is the gradient itself, so the comparison below measures the gradients (Adam's first
+    # step would amplify a rounding-sized gradient into a full step of either sign).
+    trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1, seed=0), model, None, pad_tokenizer,
+                         optimizer=torch.optim.SGD(model.parameters(), lr=1.0))
+    queries = [torch.tensor([5, 6, 7]), torch.tensor([8, 9])]
+    responses = [torch.tensor([10, 11, 12, 13]), torch.tensor([14, 15])]
+    torch.manual_seed(1)
+    with onednn_linears(trainer.model) as n_policy, onednn_linears(trainer.ref_model) as n_ref:
+        assert (n_policy > 0 and n_ref > 0) == routed
+        stats = trainer.step(queries, responses, [torch.tensor(1.0), torch.tensor(-0.5)])
+    deltas = {n: p.detach() - before[n] for n, p in trainer.model.named_parameters()}
+    return stats, deltas
+
+
+def test_ppo_step_inside_the_block_matches_the_plain_step(model_path, pad_tokenizer, monkeypatch):
+    monkeypatch.setenv(ONEDNN_LINEARS_ENV, "torch")
+    ref_stats, ref_deltas = _ppo_step(model_path, pad_tokenizer, routed=False)
+    monkeypatch.setenv(ONEDNN_LINEARS_ENV, "onednn")
+    stats, deltas = _ppo_step(model_path, pad_tokenizer, routed=True)
+    assert all(d.abs().max() > 0 for d in deltas.values())  # every trainable parameter moved
+    for name, ref in ref_deltas.items():
+        assert _rel(deltas[name], ref) < 1e-4, name
+    for key in ("ppo/loss/total", "ppo/loss/policy", "ppo/loss/value", "objective/kl"):
+        assert abs(float(stats[key]) - float(ref_stats[key])) <= 1e-5 * max(1.0, abs(float(ref_stats[key]))), key
