@@ -42,7 +42,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from workloads import fixtures, measure, spec  # noqa: E402
+from workloads import fixtures, measure, spec
 
 WORKER = HERE / "workloads" / "worker.py"
 VENVS = HERE / ".venvs"
@@ -93,7 +93,7 @@ def run_worker(impl: str, workload: spec.Workload, args, fixtures_dir: str, prof
     env.pop("PYTHONPATH", None)
     if impl == "rlft" and args.rlft_src:
         env["PYTHONPATH"] = str(Path(args.rlft_src).resolve())  # ahead of the installed (editable) rlft
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -167,7 +167,7 @@ def format_profiles(profiles: dict) -> str:
         for impl, prof in sides.items():
             cats = ", ".join(f"{k} {v:.0%}" for k, v in prof["categories"].items() if v >= 0.01)
             lines.append(f"  {impl:>4}: {cats}")
-            lines.append(f"        top ops: " + ", ".join(f"{k} {v:.0%}" for k, v in prof["top_ops"][:5]))
+            lines.append("        top ops: " + ", ".join(f"{k} {v:.0%}" for k, v in prof["top_ops"][:5]))
     return "\n".join(lines)
 
 
