@@ -293,7 +293,7 @@ def _zero3_partitioned(model: torch.nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
-def create_reference(model: torch.nn.Module, accelerator, num_shared_layers=None) -> torch.nn.Module:
+def create_reference(model: torch.nn.Module, num_shared_layers=None) -> torch.nn.Module:
     """The frozen reference copy of ``model`` (`rlft.models.create_reference_model`), ZeRO-3 aware.
 
     Under ZeRO-3 with ``zero3_init_flag`` transformers loads the policy already partitioned, so a

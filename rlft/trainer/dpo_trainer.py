@@ -202,7 +202,7 @@ class DPOTrainer(Trainer):
         else:
             # A frozen deep copy; works for value-head wrappers and plain modules alike. Under ZeRO-3 the
             # policy was loaded partitioned (zero.Init), so the reference is loaded again, partitioned too.
-            self.ref_model = _sharding.create_reference(model, accelerator=None)
+            self.ref_model = _sharding.create_reference(model)
         if disable_dropout:
             disable_dropout_in_model(model)
             if self.ref_model is not None:

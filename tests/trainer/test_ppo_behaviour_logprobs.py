@@ -257,3 +257,42 @@ def test_learning_with_the_record_matches_recompute(model_path, pad_tokenizer, k
     a, b = (dict(runs[m].model.named_parameters()) for m in ("generation", "recompute"))
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("rollout_logprobs", ["generation", "recompute"])
+def test_the_reference_runs_packed_kernels_only_beside_recorded_logprobs(model_path, pad_tokenizer, monkeypatch, rollout_logprobs):
+    """With the policy's log-probs from generation (packed oneDNN linears), the reference forward runs packed
+    too, and its log-probs equal torch's kernels' within fp32 rounding; with recomputed ones it runs torch's."""
+    import rlft.trainer.ppo_trainer as ppo_module
+    from rlft.utils.decode import packing_enabled
+
+    if not packing_enabled():
+        pytest.skip("this torch build has no oneDNN packed linears")
+    entered = []
+    real = ppo_module.packed_linears
+
+    def counting(model, *args):
+        entered.append(model)
+        return real(model, *args)
+
+    monkeypatch.setattr(ppo_module, "packed_linears", counting)
+    trainer = _trainer(model_path, pad_tokenizer, "plain", advantage_estimator="grpo", num_generations=2,
+                       kl_loss_coef=0.1, rollout_logprobs=rollout_logprobs)
+    queries = _queries(2)
+    responses = trainer.generate(queries, return_prompt=False, num_return_sequences=2, **GEN)
+    seen = {}
+    original = trainer.batched_forward_pass
+
+    def spy(model, *args, **kwargs):
+        out = original(model, *args, **kwargs)
+        if model is trainer.ref_model:
+            seen["packed"] = out[0].clone()
+            with torch.enable_grad():  # the same forward with torch's kernels (packed layers defer to them under grad)
+                seen["torch"] = type(trainer).batched_forward_pass(trainer, model, *args, **kwargs)[0].detach()
+        return out
+
+    trainer.batched_forward_pass = spy
+    trainer.step([q for q in queries for _ in range(2)], responses, [1.0, 0.0, 0.5, -1.0])
+    assert (trainer.ref_model in entered) == (rollout_logprobs == "generation")
+    assert "packed" in seen
+    torch.testing.assert_close(seen["packed"], seen["torch"], rtol=0, atol=1e-5)
