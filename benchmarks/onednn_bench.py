@@ -8,7 +8,8 @@ workloads (fixture GPT-2: d=256, 4 blocks, V=8192 tied head; 16 prompts x (4-12 
   with the weight as is (no reorder), and against oneDNN with the weight reordered first (pack cost shown).
 - ``model``: forward + backward of the fixture causal LM on one PPO mini-batch (4 x 43 tokens), plain
   against inside `onednn_linears`.
-- ``ppo``: `PPOTrainer.step` on the ``ppo``, ``ppo_shared_ref`` and ``ppo_peft_ref`` workloads: two trainers
+- ``ppo``: `PPOTrainer.step` on the ``ppo``, ``ppo_shared_ref`` and ``ppo_peft_ref`` workloads (or ``demo_ppo``,
+  SmolLM2-135M with LoRA, with ``--workloads demo_ppo``): two trainers
   built the same way, one stepping plainly and one with its policy and reference inside `onednn_linears`,
   alternated (ABAB) so that drift of the machine hits both alike. Generation runs the same code for both.
 
@@ -118,10 +119,17 @@ def _ppo_trainer(fixtures_dir: str, workload: str):
         lora = ps["lora"]
         kwargs["peft_config"] = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=lora["targets"],
                                            lora_dropout=0.0, fan_in_fan_out=lora["fan_in_fan_out"], task_type="CAUSAL_LM")
-    model = AutoModelForCausalLMWithValueHead.from_pretrained(fixtures.load_model(fixtures_dir, "gpt2"), **kwargs)
+    if workload == "demo_ppo":  # the real asset (needs `rlft demo`'s converted checkpoint)
+        base, tok = fixtures.load_smollm2()
+        prompts = fixtures.demo_prompts(tok)[: ps["batch"]]
+    else:
+        base, tok = fixtures.load_model(fixtures_dir, "gpt2"), fixtures.load_tokenizer(fixtures_dir)
+        prompts = fixtures.load_data(fixtures_dir)["prompts"][: ps["batch"]]
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(base, **kwargs)
     config = PPOConfig(batch_size=ps["batch"], mini_batch_size=ps["mini_batch"], ppo_epochs=ps["epochs"],
                        learning_rate=ps["learning_rate"], seed=0)
-    return PPOTrainer(config, model, None, fixtures.load_tokenizer(fixtures_dir), num_shared_layers=ps["num_shared_layers"]), ps
+    trainer = PPOTrainer(config, model, None, tok, num_shared_layers=ps["num_shared_layers"])
+    return trainer, ps, [torch.tensor(p) for p in prompts]
 
 
 def _routed(trainer):
@@ -133,11 +141,10 @@ def _routed(trainer):
 
 
 def part_ppo(fixtures_dir: str, workloads: list[str], repeats: int) -> None:
-    prompts = [torch.tensor(p) for p in fixtures.load_data(fixtures_dir)["prompts"][: spec.PPO_PROMPTS]]
     for workload in workloads:
         runs = {}
         for variant in ("plain", "onednn"):
-            trainer, ps = _ppo_trainer(fixtures_dir, workload)
+            trainer, ps, prompts = _ppo_trainer(fixtures_dir, workload)
             gen = spec.ppo_generation_kwargs(trainer.tokenizer.eos_token_id, ps["new_tokens"])
             runs[variant] = (trainer, gen, [], [])
         for r in range(repeats + 1):  # the first round is warm-up
