@@ -36,6 +36,7 @@ def calls(monkeypatch):
 
     def counting(*args):
         count[0] += 1
+        count.append(tuple(args[0].shape))  # the shapes oneDNN saw, after count[0]
         return inner(*args)
 
     monkeypatch.setattr(onednn_linear, "_inner", counting)
@@ -274,3 +275,22 @@ def test_ppo_step_inside_the_block_matches_the_plain_step(model_path, pad_tokeni
         assert _rel(deltas[name], ref) < 1e-4, name
     for key in ("ppo/loss/total", "ppo/loss/policy", "ppo/loss/value", "objective/kl"):
         assert abs(float(stats[key]) - float(ref_stats[key])) <= 1e-5 * max(1.0, abs(float(ref_stats[key]))), key
+
+
+def test_row_counts_are_bucketed_and_padding_is_exact(calls):
+    """oneDNN sees row counts in multiples of ROW_BUCKET only, however many rows come in."""
+    torch.manual_seed(0)
+    layer = Conv1D(24, 16)
+    torch.nn.init.normal_(layer.bias)
+    for n in (1, 63, 64, 65, 130):
+        x = torch.randn(n, 16, requires_grad=True)
+        with onednn_linears(layer):
+            out = layer(x)
+        gy = torch.randn(n, 24)
+        got = torch.autograd.grad(out, [x, layer.weight, layer.bias], gy)
+        ref = torch.autograd.grad(_reference(layer, x), [x, layer.weight, layer.bias], gy)
+        assert out.shape == (n, 24) and _rel(out, _reference(layer, x)) < REL_TOL
+        assert all(_rel(a, b) < REL_TOL for a, b in zip(got, ref, strict=True))
+    rows = {shape[0] for shape in calls[1::3] + calls[2::3]}  # forward and input-grad inputs: (rows, k)
+    reductions = {shape[1] for shape in calls[3::3]}  # weight grad: (k, rows)
+    assert rows == reductions == {64, 128, 192}
