@@ -41,8 +41,17 @@ from torch.nn import functional as F
 ONEDNN_LINEARS_ENV = "RLFT_ONEDNN_LINEARS"
 #: oneDNN builds a primitive per distinct row count N, and the process's memory grows with each new one
 #: (measured: +1.3 GB over 200 mini-batches of 101 distinct lengths on the 5M-parameter fixture GPT-2;
-#: mini-batches padded to their own longest give many row counts), so N is zero-padded up to a multiple of this.
-ROW_BUCKET = 64
+#: mini-batches padded to their own longest give many row counts). So N is zero-padded up to the next
+#: multiple of a power of two that wastes at most 1/ROW_STEPS_PER_OCTAVE: ROW_STEPS_PER_OCTAVE row counts
+#: per doubling of N, at least MIN_ROW_STEP apart.
+ROW_STEPS_PER_OCTAVE = 8
+MIN_ROW_STEP = 16
+
+
+def bucketed_rows(n: int) -> int:
+    """The row count oneDNN sees for ``n`` rows: n rounded up to a multiple of max(MIN_ROW_STEP, 2^k / 8), 2^k <= n."""
+    step = max(MIN_ROW_STEP, (1 << (n.bit_length() - 1)) // ROW_STEPS_PER_OCTAVE)
+    return -(-n // step) * step
 
 
 def onednn_available() -> bool:
@@ -72,14 +81,14 @@ class OneDNNLinear(torch.autograd.Function):
     """``F.linear(x, weight, bias)`` (or, with ``transposed``, Conv1D's ``x @ weight + bias``) with all
     products on oneDNN. x: (..., in); weight: (out, in), Conv1D's (in, out) when ``transposed``; bias: (out,).
 
-    The N = prod(...) rows are zero-padded up to a multiple of `ROW_BUCKET` (see there); the padded rows'
+    The N = prod(...) rows are zero-padded to `bucketed_rows` (N); the padded rows'
     outputs are dropped, and their zero inputs and zero output gradients add nothing to the weight gradient.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, transposed: bool) -> Tensor:
         n = x.numel() // x.shape[-1]
-        rows = -(-n // ROW_BUCKET) * ROW_BUCKET
+        rows = bucketed_rows(n)
         xp = _pad_rows(x.reshape(n, x.shape[-1]), rows)  # (rows, in)
         ctx.save_for_backward(xp, weight)
         ctx.transposed, ctx.x_shape = transposed, x.shape

@@ -14,6 +14,7 @@ from rlft.utils.decode import packed_linears
 from rlft.utils.onednn_linear import (
     ONEDNN_LINEARS_ENV,
     OneDNNLinear,
+    bucketed_rows,
     onednn_available,
     onednn_linears,
 )
@@ -278,7 +279,7 @@ def test_ppo_step_inside_the_block_matches_the_plain_step(model_path, pad_tokeni
 
 
 def test_row_counts_are_bucketed_and_padding_is_exact(calls):
-    """oneDNN sees row counts in multiples of ROW_BUCKET only, however many rows come in."""
+    """oneDNN sees bucketed row counts only (at most 1/8 padding, multiples of 16 below 256 rows)."""
     torch.manual_seed(0)
     layer = Conv1D(24, 16)
     torch.nn.init.normal_(layer.bias)
@@ -293,4 +294,12 @@ def test_row_counts_are_bucketed_and_padding_is_exact(calls):
         assert all(_rel(a, b) < REL_TOL for a, b in zip(got, ref, strict=True))
     rows = {shape[0] for shape in calls[1::3] + calls[2::3]}  # forward and input-grad inputs: (rows, k)
     reductions = {shape[1] for shape in calls[3::3]}  # weight grad: (k, rows)
-    assert rows == reductions == {64, 128, 192}
+    assert rows == reductions == {16, 64, 80, 144}  # 1 -> 16, 63 and 64 -> 64, 65 -> 80, 130 -> 144
+
+
+def test_bucketed_rows():
+    assert [bucketed_rows(n) for n in (1, 16, 17, 172, 255, 256, 257, 1000, 4096, 4097)] == \
+        [16, 16, 32, 176, 256, 256, 288, 1024, 4096, 4608]
+    for n in range(1, 5000):  # at most 1/8 padding above 128 rows, and few distinct counts per doubling
+        assert n <= bucketed_rows(n) <= max(n + 15, n * 9 / 8)
+    assert len({bucketed_rows(n) for n in range(1025, 2049)}) == 8
