@@ -17,7 +17,8 @@ transposed. `onednn_linears` routes every fp32 CPU call of each ``nn.Linear`` / 
 (with or without gradients) through `OneDNNLinear`, an autograd function that computes those four lines.
 The arithmetic is the same; the summation order differs, so results agree with torch's to fp32 rounding
 (about 1e-6 relative), like a change of batch size. Nothing is cached: the weights are read at every
-call, so optimizer steps inside the block need nothing special.
+call, so optimizer steps inside the block need nothing special. The rows are zero-padded to a few
+bucketed counts (`bucketed_rows`), because oneDNN's memory grows with every new row count it sees.
 
 Calls under autocast, in another dtype, on another device, with tensor subclasses or while
 ``torch.compile`` traces run the module's own forward. peft's LoRA wrappers are not touched (their forward
