@@ -54,3 +54,32 @@ def test_gradients_finite_matches_a_per_tensor_check_and_leaves_the_gradients_al
             assert gradients_finite(params) is naive is False, (bad, which)
             params[which].grad.view(-1)[1] = 0.0
     assert gradients_finite([]) is True
+
+
+@pytest.mark.parametrize("switch", [None, "torch"])
+def test_step_runs_the_linear_layers_on_onednn_unless_switched_off(model_path, pad_tokenizer, monkeypatch, switch):
+    """PPOTrainer.step routes the policy's and the reference's linear layers through rlft.utils.onednn_linear
+    (forward and backward), restores them after, and RLFT_ONEDNN_LINEARS=torch keeps torch's kernels."""
+    from rlft.utils import onednn_linear
+
+    if not onednn_linear.onednn_available():
+        pytest.skip("this torch build has no oneDNN linear op")
+    if switch:
+        monkeypatch.setenv(onednn_linear.ONEDNN_LINEARS_ENV, switch)
+    calls = {"n": 0}
+    real = onednn_linear.OneDNNLinear.apply
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onednn_linear.OneDNNLinear, "apply", counting)
+    set_seed(0)
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(model_path("gpt2"))
+    trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=2, seed=0), model, None, pad_tokenizer)
+    queries = [torch.tensor([5, 6, 7]), torch.tensor([8, 9]), torch.tensor([10, 11, 12, 13]), torch.tensor([14])]
+    responses = [torch.tensor([20, 21, 22]), torch.tensor([23, 24]), torch.tensor([25]), torch.tensor([26, 27, 28, 29])]
+    stats = trainer.step(queries, responses, [1.0, 0.0, 0.5, -1.0])
+    assert math.isfinite(stats["ppo/loss/total"])
+    assert (calls["n"] > 0) == (switch is None), calls
+    assert not any("forward" in m.__dict__ for m in trainer.model.modules()), "layers left routed after step"
