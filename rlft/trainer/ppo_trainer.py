@@ -384,9 +384,10 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
     def _linear_kernels(self) -> contextlib.ExitStack:
         """The policy's and the reference's fp32 CPU linear layers on oneDNN for the block (forward and backward;
         `rlft.utils.onednn_linear`: 1.3-1.4x a PPO step on the benchmark CPU, equal to fp32 rounding). Not when the
-        parameters are sharded (FSDP / ZeRO-3 own the forwards), and not for encoder-decoder models: with it the
-        tiny BART of tests/trainer/test_ppo_seq2seq_learning.py learned less in 15 steps (gain 0.14-0.15 against
-        0.33-0.71 without) although one forward/backward agreed to fp32 rounding; not yet explained.
+        parameters are sharded (FSDP / ZeRO-3 own the forwards), and not for encoder-decoder models: the tiny BART
+        of tests/trainer/test_ppo_seq2seq_learning.py (lr 3e-2, Adam) gained 0.15 / 0.14 / 0.52 / 0.32 / 0.51 / 0.57
+        on seeds 0-5 with it, 0.46 / 0.66 / 0.52 / 0.28 / 0.51 / 0.65 without; one forward/backward agrees to fp32
+        rounding, so this looks like Adam amplifying rounding, but it is not settled (docs/ppo_performance.md).
         ``RLFT_ONEDNN_LINEARS=torch`` switches it off."""
         stack = contextlib.ExitStack()
         if not _distributed.shards_parameters(self.accelerator) and not self.is_encoder_decoder:
