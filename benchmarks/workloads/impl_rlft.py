@@ -115,13 +115,7 @@ def run_ppo(ctx) -> None:
 
     ps = spec.ppo_settings(ctx.workload.name, ctx.arch)
     torch.manual_seed(0)
-    kwargs = {}
-    if ps["lora"] is not None:
-        from peft import LoraConfig
-
-        lora = ps["lora"]
-        kwargs["peft_config"] = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=lora["targets"],
-                                           lora_dropout=0.0, fan_in_fan_out=lora["fan_in_fan_out"], task_type="CAUSAL_LM")
+    kwargs = spec.ppo_model_kwargs(ps)
     model = AutoModelForCausalLMWithValueHead.from_pretrained(ctx.model(), **kwargs)
     config = PPOConfig(batch_size=ps["batch"], mini_batch_size=ps["mini_batch"], ppo_epochs=ps["epochs"],
                        learning_rate=ps["learning_rate"], seed=0,

@@ -96,6 +96,18 @@ def ppo_settings(name: str, arch: str = "gpt2") -> dict:
     return base
 
 
+
+def ppo_model_kwargs(settings: dict) -> dict:
+    """``from_pretrained`` keyword arguments of a PPO workload's value-head model (`ppo_settings`): its
+    ``peft_config`` (a peft ``LoraConfig``) when the policy is LoRA, else none. The same on both sides."""
+    lora = settings["lora"]
+    if lora is None:
+        return {}
+    from peft import LoraConfig
+
+    return {"peft_config": LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=lora["targets"],
+                                      lora_dropout=0.0, fan_in_fan_out=lora["fan_in_fan_out"], task_type="CAUSAL_LM")}
+
 def bon_generation_kwargs(eos_id: int) -> dict:
     return dict(do_sample=True, top_k=0, top_p=1.0, min_new_tokens=BON_NEW_TOKENS, pad_token_id=eos_id)
 
