@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from workloads import fixtures, spec
 
-from rlft.utils.onednn_linear import onednn_linears
+from rlft.utils.onednn_linear import ONEDNN_LINEARS_ENV, onednn_linears
 
 #: (in, out) of every distinct linear layer of the fixture GPT-2: attention in/out, MLP up/down, LM head.
 GPT2_SHAPES = ((256, 768), (256, 256), (256, 1024), (1024, 256), (256, 8192))
@@ -112,13 +112,7 @@ def _ppo_trainer(fixtures_dir: str, workload: str):
 
     ps = spec.ppo_settings(workload, "gpt2")
     torch.manual_seed(0)
-    kwargs = {}
-    if ps["lora"] is not None:
-        from peft import LoraConfig
-
-        lora = ps["lora"]
-        kwargs["peft_config"] = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=lora["targets"],
-                                           lora_dropout=0.0, fan_in_fan_out=lora["fan_in_fan_out"], task_type="CAUSAL_LM")
+    kwargs = spec.ppo_model_kwargs(ps)
     if workload == "demo_ppo":  # the real asset (needs `rlft demo`'s converted checkpoint)
         base, tok = fixtures.load_smollm2()
         prompts = fixtures.demo_prompts(tok)[: ps["batch"]]
@@ -132,12 +126,20 @@ def _ppo_trainer(fixtures_dir: str, workload: str):
     return trainer, ps, [torch.tensor(p) for p in prompts]
 
 
-def _routed(trainer):
-    stack = contextlib.ExitStack()
-    for model in (trainer.model, trainer.ref_model):
-        if model is not None:
-            stack.enter_context(onednn_linears(model))
-    return stack
+@contextlib.contextmanager
+def _step_kernels(variant: str):
+    """``PPOTrainer.step`` enters `onednn_linears` itself (``_linear_kernels``): the "plain" variant switches it
+    off for the block with ``RLFT_ONEDNN_LINEARS=torch``; "onednn" runs the step as it is."""
+    saved = os.environ.get(ONEDNN_LINEARS_ENV)
+    if variant == "plain":
+        os.environ[ONEDNN_LINEARS_ENV] = "torch"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(ONEDNN_LINEARS_ENV, None)
+        else:
+            os.environ[ONEDNN_LINEARS_ENV] = saved
 
 
 def part_ppo(fixtures_dir: str, workloads: list[str], repeats: int) -> None:
@@ -153,7 +155,7 @@ def part_ppo(fixtures_dir: str, workloads: list[str], repeats: int) -> None:
                 responses = trainer.generate(prompts, return_prompt=False, batch_size=ps["batch"], **gen)
                 scores = [torch.tensor(spec.ppo_score(x.tolist())) for x in responses]
                 t1 = time.perf_counter()
-                with _routed(trainer) if variant == "onednn" else contextlib.nullcontext():
+                with _step_kernels(variant):
                     trainer.step(list(prompts), responses, scores)
                 t2 = time.perf_counter()
                 if r:
