@@ -9,20 +9,7 @@ import torch
 from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 from rlft.core import set_seed
 
-LOW_IDS = 200  # reward: the share of response tokens with an id below this (about 20% at random)
-
-
-def _run(trainer, steps, *, n=16, new_tokens=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    history = []
-    for _ in range(steps):
-        qs = [torch.randint(5, 900, (4,), generator=g) for _ in range(n)]
-        rs = trainer.generate(qs, return_prompt=False, batch_size=n, do_sample=True, top_k=0, top_p=1.0,
-                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None)
-        scores = [(r < LOW_IDS).float().mean() for r in rs]
-        trainer.step(qs, rs, scores)
-        history.append(torch.stack(scores).mean().item())
-    return history
+from ._low_ids import learn_low_ids
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -50,7 +37,7 @@ def test_ppo_with_lora_learns_and_keeps_base_weights(tmp_path, tokenizer, seed):
     trainer = PPOTrainer(config, model, None, tokenizer)
     assert trainer.optimizer.defaults["fused"] is True
     assert trainer.ref_model is None  # no copy: the reference is the policy with its adapter disabled
-    history = _run(trainer, 30, seed=seed)
+    history = learn_low_ids(trainer, 30, seed=seed)
     assert np.mean(history[-5:]) > np.mean(history[:5]) + 0.15, history
     for k, v in model.pretrained_model.named_parameters():
         if "lora_" not in k:

@@ -18,6 +18,8 @@ from rlft import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 from rlft.core import set_seed
 from rlft.trainer.ppo_config import BF16_RATIO_ATOL
 
+from ._low_ids import learn_low_ids
+
 QUERIES = [torch.tensor([5, 6, 7]), torch.tensor([8, 9]), torch.tensor([10, 11, 12, 13]), torch.tensor([14])]
 GEN = {"do_sample": True, "top_k": 0, "top_p": 1.0, "max_new_tokens": 6, "min_new_tokens": 6}
 
@@ -170,22 +172,6 @@ def test_a_request_against_accelerates_own_setting_is_refused():
         _resolve_mixed_precision(None, SimpleNamespace(mixed_precision="fp16", device=torch.device("cpu")))
 
 
-LOW_IDS = 200  # reward: the share of response tokens with an id below this (about 20% at random)
-
-
-def _learn(trainer, steps, seed, n=16, new_tokens=8):
-    g = torch.Generator().manual_seed(seed)
-    history = []
-    for _ in range(steps):
-        qs = [torch.randint(5, 900, (4,), generator=g) for _ in range(n)]
-        rs = trainer.generate(qs, return_prompt=False, batch_size=n, do_sample=True, top_k=0, top_p=1.0,
-                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None)
-        scores = [(r < LOW_IDS).float().mean() for r in rs]
-        trainer.step(qs, rs, scores)
-        history.append(torch.stack(scores).mean().item())
-    return history
-
-
 @pytest.mark.slow
 def test_bf16_learns_a_programmatic_reward_like_fp32(tmp_path, tokenizer):
     """The LoRA set-up of test_ppo_learning.py (learnable through the untied LM head), 30 steps each.
@@ -202,7 +188,7 @@ def test_bf16_learns_a_programmatic_reward_like_fp32(tmp_path, tokenizer):
         model = AutoModelForCausalLMWithValueHead.from_pretrained(tmp_path / "untied", peft_config=lora)
         config = PPOConfig(batch_size=16, mini_batch_size=8, learning_rate=1e-2, ppo_epochs=2, init_kl_coef=0.01,
                            adap_kl_ctrl=False, seed=0, mixed_precision=setting)
-        history = _learn(PPOTrainer(config, model, None, tokenizer), 30, seed=0)
+        history = learn_low_ids(PPOTrainer(config, model, None, tokenizer), 30, seed=0)
         gains[setting] = np.mean(history[-5:]) - np.mean(history[:5])
     assert gains["no"] > 0.15 and gains["bf16"] > 0.15, gains
     assert abs(gains["bf16"] - gains["no"]) < 0.3, gains
