@@ -41,14 +41,28 @@ def launch(*argv: str, nproc: int = 2, timeout: int = 170, env: dict | None = No
     return proc
 
 
+def launch_sharded(command: str, sharding: str, run: Path) -> subprocess.CompletedProcess:
+    """``rlft <command> --tiny`` on 2 processes with ``sharding`` ("fsdp", "zero2" or "zero3": the ready
+    DeepSpeed file of examples/configs) into ``run``; asserts the sharding line is printed once."""
+    if sharding == "fsdp":
+        option, summary = ["--fsdp"], "FSDP2 over 2 processes"
+    else:
+        pytest.importorskip("deepspeed", reason="DeepSpeed is optional: DS_BUILD_OPS=0 pip install deepspeed")
+        stage = int(sharding[-1])
+        option, summary = ["--deepspeed", DS_CONFIGS[stage]], f"DeepSpeed ZeRO-{stage} over 2 processes"
+    proc = launch(command, "--tiny", *option, "--output_dir", str(run), "--no_plots", "--num_samples", "2",
+                  env={"DS_ACCELERATOR": "cpu"})
+    assert proc.stdout.count(f"rlft {command}: sharding: {summary}") == 1, proc.stdout
+    return proc
+
+
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def test_rlft_sft_fsdp_two_processes(tmp_path):
     run = tmp_path / "sft"
-    proc = launch("sft", "--tiny", "--fsdp", "--output_dir", str(run), "--no_plots", "--num_samples", "2")
-    assert proc.stdout.count("rlft sft: sharding: FSDP2 over 2 processes") == 1, proc.stdout
+    proc = launch_sharded("sft", "fsdp", run)
     assert proc.stdout.count("rlft sft: done.") == 1  # the summary: main process only
     rows = [r for r in metrics(run) if "loss" in r]
     assert [r["step"] for r in rows] == list(range(1, 7))  # each step logged once, not once per process
@@ -69,9 +83,8 @@ def test_rlft_ppo_fsdp_two_processes(tmp_path):
     from rlft.cli._load import tiny_model_folder
 
     run = tmp_path / "ppo"
-    proc = launch("ppo", "--tiny", "--fsdp", "--output_dir", str(run), "--no_plots", "--num_samples", "2")
+    proc = launch_sharded("ppo", "fsdp", run)
     print(proc.stdout.splitlines()[0])  # how PPOTrainer saved: itself, or through the proposed replacement
-    assert proc.stdout.count("rlft ppo: sharding: FSDP2 over 2 processes") == 1, proc.stdout
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(r["ppo/nonfinite/skipped"] == 0 for r in rows)
@@ -108,14 +121,11 @@ def assert_same_parameters(model: torch.nn.Module, reference: dict) -> None:
 @pytest.mark.parametrize("stage", [2, 3])
 def test_rlft_ppo_deepspeed_two_processes(tmp_path, stage):
     """``rlft ppo --tiny --deepspeed ds_zero<stage>.json``: the value-head model in model/ is exactly the trained one."""
-    pytest.importorskip("deepspeed", reason="DeepSpeed is optional: DS_BUILD_OPS=0 pip install deepspeed")
     from rlft import AutoModelForCausalLMWithValueHead
     from rlft.cli._load import tiny_model_folder
 
     run = tmp_path / "ppo"
-    proc = launch("ppo", "--tiny", "--deepspeed", DS_CONFIGS[stage], "--output_dir", str(run), "--no_plots",
-                  "--num_samples", "2", env={"DS_ACCELERATOR": "cpu"})
-    assert proc.stdout.count(f"rlft ppo: sharding: DeepSpeed ZeRO-{stage} over 2 processes") == 1, proc.stdout
+    proc = launch_sharded("ppo", f"zero{stage}", run)
     assert proc.stdout.count("rlft ppo: done.") == 1  # the summary: main process only
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # each step logged once, not once per process
@@ -138,13 +148,10 @@ def test_rlft_ppo_deepspeed_two_processes(tmp_path, stage):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_rlft_sft_deepspeed_two_processes(tmp_path, stage):
     """``rlft sft --tiny --deepspeed ds_zero<stage>.json`` (transformers' DeepSpeed path): model/ is the trained model."""
-    pytest.importorskip("deepspeed", reason="DeepSpeed is optional: DS_BUILD_OPS=0 pip install deepspeed")
     from transformers import AutoModelForCausalLM
 
     run = tmp_path / "sft"
-    proc = launch("sft", "--tiny", "--deepspeed", DS_CONFIGS[stage], "--output_dir", str(run), "--no_plots",
-                  "--num_samples", "2", env={"DS_ACCELERATOR": "cpu"})
-    assert proc.stdout.count(f"rlft sft: sharding: DeepSpeed ZeRO-{stage} over 2 processes") == 1, proc.stdout
+    proc = launch_sharded("sft", f"zero{stage}", run)
     assert proc.stdout.count("rlft sft: done.") == 1
     rows = [r for r in metrics(run) if "loss" in r]
     assert [r["step"] for r in rows] == list(range(1, 7))
@@ -167,14 +174,8 @@ def test_rlft_reward_sharded_two_processes(tmp_path, sharding):
     ``model/`` scored here, in one process; under DeepSpeed ``model/`` is zero_to_fp32 of the last checkpoint."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    option = ["--fsdp"] if sharding == "fsdp" else ["--deepspeed", DS_CONFIGS[int(sharding[-1])]]
-    if sharding != "fsdp":
-        pytest.importorskip("deepspeed", reason="DeepSpeed is optional: DS_BUILD_OPS=0 pip install deepspeed")
     run = tmp_path / "reward"
-    proc = launch("reward", "--tiny", *option, "--output_dir", str(run), "--no_plots", "--num_samples", "2",
-                  env={"DS_ACCELERATOR": "cpu"})
-    summary = "FSDP2 over 2 processes" if sharding == "fsdp" else f"DeepSpeed ZeRO-{sharding[-1]} over 2 processes"
-    assert proc.stdout.count(f"rlft reward: sharding: {summary}") == 1, proc.stdout
+    launch_sharded("reward", sharding, run)
     assert [r["step"] for r in metrics(run) if "loss" in r] == list(range(1, 7))
     before = [json.loads(x) for x in (run / "samples" / "before.jsonl").read_text().splitlines()]
     after = [json.loads(x) for x in (run / "samples" / "after.jsonl").read_text().splitlines()]
@@ -199,14 +200,8 @@ def test_rlft_dpo_sharded_two_processes(tmp_path, sharding):
     generated after training, ``model/`` loadable whole; under DeepSpeed it is zero_to_fp32 of the last checkpoint."""
     from transformers import AutoModelForCausalLM
 
-    option = ["--fsdp"] if sharding == "fsdp" else ["--deepspeed", DS_CONFIGS[int(sharding[-1])]]
-    if sharding != "fsdp":
-        pytest.importorskip("deepspeed", reason="DeepSpeed is optional: DS_BUILD_OPS=0 pip install deepspeed")
     run = tmp_path / "dpo"
-    proc = launch("dpo", "--tiny", *option, "--output_dir", str(run), "--no_plots", "--num_samples", "2",
-                  env={"DS_ACCELERATOR": "cpu"})
-    summary = "FSDP2 over 2 processes" if sharding == "fsdp" else f"DeepSpeed ZeRO-{sharding[-1]} over 2 processes"
-    assert proc.stdout.count(f"rlft dpo: sharding: {summary}") == 1, proc.stdout
+    launch_sharded("dpo", sharding, run)
     rows = [r for r in metrics(run) if "loss" in r]
     assert [r["step"] for r in rows] == list(range(1, 7)) and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert len((run / "samples" / "after.jsonl").read_text().splitlines()) == 2
