@@ -39,7 +39,6 @@ from ..functional.logprobs import selected_log_probs
 from ..functional.ppo import gae, kl_full, kl_penalty, per_token_rewards, policy_loss, value_loss
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper
 from ..models.modeling_base import is_peft_model
-from ..utils.decode import packed_linears
 from ..utils.faults import NonFiniteGuard
 from ..utils.onednn_linear import onednn_linears
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
@@ -99,9 +98,6 @@ def _lm(model):
     """The language model inside a value-head wrapper, or the model itself (plain or peft). It stops at the
     peft wrapper, unlike `unwrap_base_model`: the reference of a peft policy is its ``disable_adapter()``."""
     return getattr(model, "pretrained_model", model)
-
-
-_unpacked = contextlib.nullcontext  # the reference's kernels when the policy's log-probs are recomputed
 
 
 class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTrainer):
@@ -603,11 +599,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
                 if update_forward is None and recorded is None:
                     logprobs, logits, values, mask = self.batched_forward_pass(policy, *args, return_logits=full, response_masks=inputs.response_masks)
                 if self._reference_needed():
-                    # Policy log-probs recorded during generation came from oneDNN-packed linears (rlft.utils.decode):
-                    # the no-grad reference forward then runs the same kernels, about 20% faster. Recomputed policy
-                    # log-probs keep torch's kernels on both sides (TRL 0.7's numbers; an exact 0 KL for equal models).
-                    packed = packed_linears if recorded is not None else _unpacked
-                    with self._reference_context() as ref, packed(ref):
+                    with self._reference_context() as ref:
                         ref_logprobs, ref_logits, _, _ = self.batched_forward_pass(ref, *args, return_logits=full, response_masks=inputs.response_masks)
                 else:
                     ref_logprobs = logprobs.detach().clone()
