@@ -73,18 +73,25 @@ def _conv1d_type():
     return Conv1D
 
 
-def _plain_fp32_cpu(t: Tensor) -> bool:
-    return type(t) in (Tensor, torch.nn.Parameter) and t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 2 and t.numel() > 0
+def _plain_fp32_cpu(t: Tensor | None, dim: int) -> bool:
+    """A plain (no subclass) fp32 CPU tensor with ``dim`` dimensions."""
+    return type(t) in (Tensor, torch.nn.Parameter) and t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == dim
+
+
+def _unpatched_linear(module: torch.nn.Module, conv1d) -> bool:
+    """Exactly ``nn.Linear`` or GPT-2's ``Conv1D`` (not subclasses, whose forward may differ), whose forward no one
+    has replaced on the instance yet (`packed_linears` here, `rlft.utils.onednn_linear.onednn_linears`)."""
+    if type(module) is not torch.nn.Linear and (conv1d is None or type(module) is not conv1d):
+        return False
+    return "forward" not in module.__dict__
 
 
 def _packable(module: torch.nn.Module, conv1d) -> bool:
-    """Exactly ``nn.Linear`` or GPT-2's ``Conv1D`` (not subclasses, whose forward may differ) with plain fp32 CPU tensors."""
-    if type(module) is not torch.nn.Linear and (conv1d is None or type(module) is not conv1d):
+    """`_unpatched_linear` with a plain fp32 CPU weight (and bias)."""
+    if not _unpatched_linear(module, conv1d):
         return False
-    if "forward" in module.__dict__:  # someone else already patched this instance
-        return False
-    bias = module.bias
-    return _plain_fp32_cpu(module.weight) and (bias is None or (type(bias) in (Tensor, torch.nn.Parameter) and bias.dtype == torch.float32 and bias.device.type == "cpu"))
+    weight, bias = module.weight, module.bias
+    return _plain_fp32_cpu(weight, 2) and weight.numel() > 0 and (bias is None or _plain_fp32_cpu(bias, 1))
 
 
 def _packed_forward(module: torch.nn.Module, packed: Tensor, bias):

@@ -38,6 +38,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from .decode import _conv1d_type, _plain_fp32_cpu, _unpatched_linear
+
 #: Environment variable that selects the kernel of `onednn_linears`: "onednn" (default) or "torch".
 ONEDNN_LINEARS_ENV = "RLFT_ONEDNN_LINEARS"
 #: oneDNN builds a primitive per distinct row count N, and the process's memory grows with each new one
@@ -116,18 +118,6 @@ class OneDNNLinear(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-def _conv1d_type():
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return None
-    return Conv1D
-
-
-def _plain_fp32_cpu(t: Tensor | None, dim: int) -> bool:
-    return type(t) in (Tensor, torch.nn.Parameter) and t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == dim
-
-
 def _onednn_forward(self: torch.nn.Module, x: Tensor) -> Tensor:
     """The forward `onednn_linears` binds to each layer: `OneDNNLinear` where it applies, else the module's own."""
     weight, bias = self.weight, self.bias
@@ -140,13 +130,6 @@ def _onednn_forward(self: torch.nn.Module, x: Tensor) -> Tensor:
     ):
         return OneDNNLinear.apply(x if x.is_contiguous() else x.contiguous(), weight, bias, transposed)
     return type(self).forward(self, x)
-
-
-def _routable(module: torch.nn.Module, conv1d) -> bool:
-    """Exactly ``nn.Linear`` or GPT-2's ``Conv1D`` (not subclasses, whose forward may differ), not patched by anyone yet."""
-    if type(module) is not torch.nn.Linear and (conv1d is None or type(module) is not conv1d):
-        return False
-    return "forward" not in module.__dict__
 
 
 def _ours(module: torch.nn.Module) -> bool:
@@ -166,7 +149,7 @@ def onednn_linears(model: torch.nn.Module) -> Iterator[int]:
     if onednn_enabled():
         conv1d = _conv1d_type()
         for module in model.modules():
-            if _routable(module, conv1d):
+            if _unpatched_linear(module, conv1d):
                 # A bound method (not a closure) so that a deepcopy of the module binds to the copy.
                 module.forward = types.MethodType(_onednn_forward, module)
                 patched.append(module)
