@@ -160,6 +160,24 @@ def format_table(rows: list[dict], device: str) -> str:
     return "\n".join(lines)
 
 
+def _kernel_peaks(peak: dict) -> str:
+    return ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peak.get("kernel_peaks", {}).items()) or "one kernel"
+
+
+def format_mfu_by_kernel(rows: list[dict], peak: dict) -> str:
+    """MFU against each kernel's own peak, when the table's peak (the best kernel's) is not the only one:
+    against torch matmul's (MKL's) peak, the yardstick of the tables printed before oneDNN joined it."""
+    others = {k: v for k, v in peak.get("kernel_peaks", {}).items() if v < peak["peak_flops"]}
+    lines = []
+    for kernel, kernel_peak in others.items():
+        scale = peak["peak_flops"] / kernel_peak
+        cells = [f"{row['workload']} {row['sides']['rlft']['mfu'] * scale:.1%} / {row['sides']['trl']['mfu'] * scale:.1%}"
+                 for row in rows if "rlft" in row["sides"] and "trl" in row["sides"]]
+        lines.append(f"\nMFU rlft / TRL against the {kernel} kernel's peak alone ({kernel_peak / 1e9:.1f} GFLOP/s): "
+                     + "; ".join(cells))
+    return "".join(lines)
+
+
 def format_profiles(profiles: dict) -> str:
     lines = []
     for name, sides in profiles.items():
@@ -230,7 +248,8 @@ def main(argv=None) -> dict:
     if args.rlft_src:
         print(f"rlft side: the package in {Path(args.rlft_src).resolve()}")
     print(f"matmul peak: {peak['peak_flops'] / 1e9:.1f} GFLOP/s {peak['dtype']} at {peak['peak_shape']} "
-          f"(other processes' CPU during the measurement: {peak_region['foreign_cpu']:.0%})", flush=True)
+          f"(per kernel: {_kernel_peaks(peak)}; other processes' CPU during the measurement: "
+          f"{peak_region['foreign_cpu']:.0%})", flush=True)
 
     results = {"command": command, "machine": machine_description(args.threads, device), "device": device,
                "matmul_peak": peak, "loadavg_start": os.getloadavg(), "runs": {}, "summary": [], "profiles": {}}
@@ -261,6 +280,7 @@ def main(argv=None) -> dict:
 
     print(f"\n{command}\nmachine: {results['machine']}; matmul peak {peak['peak_flops'] / 1e9:.1f} GFLOP/s ({peak['dtype']})\n")
     print(format_table(results["summary"], device))
+    print(format_mfu_by_kernel(results["summary"], peak))
     if any(s["contended"] for s in results["summary"]):
         print(f"\nCONTENDED: other processes used more than {measure.CONTENDED_FOREIGN_CPU:.0%} of the CPU during some runs; "
               "no ratio is reported for those workloads. Rerun on a quiet machine.")

@@ -59,3 +59,19 @@ def test_every_workload_has_both_implementations():
     from workloads import impl_rlft, impl_trl
 
     assert {spec.base_name(n) for n in spec.WORKLOADS} == set(impl_rlft.RUNNERS) == set(impl_trl.RUNNERS)
+
+
+def test_matmul_peak_is_the_best_kernel_and_mfu_is_restated_per_kernel():
+    import compare
+    import torch
+    from workloads import measure
+
+    peak = measure.matmul_peak_flops("cpu", seconds_per_size=0.01)
+    kernels = {key.split(" ")[0] for key in peak["rates"]}
+    assert "matmul" in kernels and ("onednn" in kernels) == torch.backends.mkldnn.is_available()
+    assert peak["peak_flops"] == max(peak["rates"].values()) == max(peak["kernel_peaks"].values())
+    # a table row's MFU, restated against a kernel with half the best peak, doubles
+    fake = {"peak_flops": 400e9, "kernel_peaks": {"matmul": 200e9, "onednn": 400e9}}
+    row = {"workload": "ppo", "sides": {"rlft": {"mfu": 0.25}, "trl": {"mfu": 0.10}}}
+    assert "matmul kernel's peak alone (200.0 GFLOP/s): ppo 50.0% / 20.0%" in compare.format_mfu_by_kernel([row], fake)
+    assert compare.format_mfu_by_kernel([row], {"peak_flops": 400e9, "kernel_peaks": {"matmul": 400e9}}) == ""
