@@ -33,7 +33,8 @@ RESULT_PREFIX = "RESULT "
 
 #: Profile categories: an aten op goes to the first category one of whose names it contains.
 OP_CATEGORIES = (
-    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear", "aten::addmv", "aten::mv")),
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear", "aten::addmv", "aten::mv",
+                "mkldnn::_linear_pointwise")),
     ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention")),
     ("softmax / log-softmax / CE over V", ("softmax", "logsumexp", "nll_loss", "cross_entropy")),
     ("optimizer", ("_foreach", "adam", "aten::_fused")),
@@ -223,7 +224,7 @@ def _profile_breakdown(prof, wall: float) -> dict:
     ops: list[tuple[str, float]] = []
     op_total = 0.0
     for evt in prof.key_averages():
-        if not evt.key.startswith("aten::"):
+        if not evt.key.startswith(("aten::", "mkldnn::")):  # mkldnn::: rlft's oneDNN linears
             continue
         t = evt.self_cpu_time_total / 1e6
         op_total += t

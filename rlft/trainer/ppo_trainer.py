@@ -40,6 +40,7 @@ from ..functional.ppo import gae, kl_full, kl_penalty, per_token_rewards, policy
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper
 from ..models.modeling_base import is_peft_model
 from ..utils.faults import NonFiniteGuard
+from ..utils.fused_gelu import fused_gelu
 from ..utils.onednn_linear import onednn_linears
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
 from ..utils.running import RunningMoments
@@ -390,6 +391,9 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
             for model in (self.accelerator.unwrap_model(self.model), self.ref_model):
                 if model is not None:
                     stack.enter_context(onednn_linears(model))
+        for model in (self.accelerator.unwrap_model(self.model), self.ref_model):
+            if model is not None:
+                stack.enter_context(fused_gelu(model))
         return stack
 
     # ================================================================== step

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..functional.sampling import sample_categorical
 from .decode import lean_decode, lean_decode_plan, packed_linears
+from .fused_gelu import fused_gelu
 
 #: transformers' values for generation settings neither the call nor the model's config set.
 _GLOBAL_DEFAULTS = {"do_sample": False, "num_beams": 1, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
@@ -124,8 +125,8 @@ def _rows(kwargs: dict) -> int | None:
 
 def generate(model, **kwargs) -> Tensor:
     """``model.generate(**kwargs)``, with plain sampling drawn by `InverseCDFSampling` where it applies,
-    and the linear layers packed for the call (`packed_linears`)."""
-    with packed_linears(model, _rows(kwargs)):
+    the linear layers packed for the call (`packed_linears`) and GPT-2's GELU fused (`fused_gelu`)."""
+    with packed_linears(model, _rows(kwargs)), fused_gelu(model):
         return _generate(model, kwargs)
 
 
