@@ -47,7 +47,7 @@ from ..utils.running import RunningMoments
 from ..utils.tied_embedding import densify_grad, lookup_grad_in_place, sparse_embedding_grad, tied_trainable_input_embedding
 from . import _distributed, _ppo_stats, _sharding
 from ._helpers import disable_dropout_in_model, eos_token_ids, pad_token_id_or_eos, pad_with_mask
-from ._model_helpers import unwrap_base_model
+from ._model_helpers import unwrap_base_model, unwrap_parallel
 from ._ppo_checkpoint import PPOCheckpointMixin
 from ._ppo_helpers import (
     accepted_kwargs, build_dataloader, cat_padded, check_policy, collate, default_optimizer, generate_responses,
@@ -220,7 +220,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         self._tied_embedding = (
             None
             if _distributed.shards_parameters(self.accelerator)
-            else tied_trainable_input_embedding(self.accelerator.unwrap_model(self.model))
+            else tied_trainable_input_embedding(unwrap_parallel(self.model))
         )
         self.accelerator.register_save_state_pre_hook(self._save_policy_hook)
         self.accelerator.register_load_state_pre_hook(self._load_policy_hook)
@@ -300,7 +300,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
             raise ValueError(f"num_return_sequences must be a positive integer, got {k!r}.")
         queries = [q for q in queries for _ in range(k)]  # each query k times, consecutively
 
-        policy = self.accelerator.unwrap_model(self.model)
+        policy = unwrap_parallel(self.model)
         advice = [f"generate(batch_size=...) (now {batch_size}" + (f", x {k} samples per query)" if k > 1 else ")"),
                   f"max_new_tokens (now {generation_kwargs.get('max_new_tokens', 'the generation config default')})",
                   "the query length"]
@@ -326,7 +326,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         distributions) or the policy is one the recorder does not follow (encoder-decoder, sharded, prompt learning)."""
         if self.config.resolved_rollout_logprobs() != "generation" or self.config.kl_penalty == "full" or self._single_update():
             return False
-        policy = self.accelerator.unwrap_model(self.model)
+        policy = unwrap_parallel(self.model)
         prompt_learning = getattr(getattr(_lm(policy), "active_peft_config", None), "is_prompt_learning", False)
         return not (self.is_encoder_decoder or prompt_learning or _distributed.shards_parameters(self.accelerator))
 
@@ -340,7 +340,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
     def _policy_version(self) -> int:
         """A fingerprint of the policy's weights: the sum of their in-place version counters, which grows
         with every optimizer step or weight load (`BehaviourCache`)."""
-        return sum(p._version for p in self.accelerator.unwrap_model(self.model).parameters())
+        return sum(p._version for p in unwrap_parallel(self.model).parameters())
 
     @contextlib.contextmanager
     def _reference_context(self):
@@ -348,14 +348,14 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         if self.ref_model is not None:
             yield self.ref_model
             return
-        policy = self.accelerator.unwrap_model(self.model)
+        policy = unwrap_parallel(self.model)
         with _lm(policy).disable_adapter():
             yield policy
 
     def optional_peft_ctx(self):
         """Context in which the policy acts as the reference (adapter disabled) for peft models."""
         if self.is_peft_model:
-            return _lm(self.accelerator.unwrap_model(self.model)).disable_adapter()
+            return _lm(unwrap_parallel(self.model)).disable_adapter()
         return contextlib.nullcontext()
 
     def _autocast(self):
@@ -388,10 +388,10 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         ``RLFT_ONEDNN_LINEARS=torch`` switches it off."""
         stack = contextlib.ExitStack()
         if not _distributed.shards_parameters(self.accelerator) and not self.is_encoder_decoder:
-            for model in (self.accelerator.unwrap_model(self.model), self.ref_model):
+            for model in (unwrap_parallel(self.model), self.ref_model):
                 if model is not None:
                     stack.enter_context(onednn_linears(model))
-        for model in (self.accelerator.unwrap_model(self.model), self.ref_model):
+        for model in (unwrap_parallel(self.model), self.ref_model):
             if model is not None:
                 stack.enter_context(fused_gelu(model))
         return stack
@@ -596,7 +596,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         elif recorded is not None:
             logprobs, values, mask = recorded
         with torch.no_grad():
-            policy = self.accelerator.unwrap_model(self.model)
+            policy = unwrap_parallel(self.model)
             was_training = policy.training
             policy.eval()
             try:
@@ -912,7 +912,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
     def _save_pretrained(self, save_directory: str) -> None:
         # every process: a sharded policy (FSDP2, ZeRO-3) is gathered first, a collective (_sharding.py);
         # unsharded, only the main process writes and no process waits for another
-        _sharding.save_pretrained(self.accelerator.unwrap_model(self.model), self.accelerator, save_directory)
+        _sharding.save_pretrained(unwrap_parallel(self.model), self.accelerator, save_directory)
         if self.accelerator.is_main_process:
             self.tokenizer.save_pretrained(save_directory)
             self.create_model_card(save_directory)

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from rlft import AutoModelForCausalLMWithValueHead
 from rlft.trainer._helpers import pad_token_id_or_eos, pad_with_mask
-from rlft.trainer._model_helpers import unwrap_base_model
+from rlft.trainer._model_helpers import unwrap_base_model, unwrap_parallel
 
 
 def test_pad_with_mask_against_a_loop():
@@ -44,6 +44,22 @@ def test_unwrap_base_model_through_every_wrapper(model_path):
     adapted = AutoModelForCausalLMWithValueHead.from_pretrained(model_path("gpt2"), peft_config=lora)
     base = unwrap_base_model(adapted)
     assert type(base).__name__ == "GPT2LMHeadModel" and base is adapted.pretrained_model.get_base_model()
+
+
+def test_unwrap_parallel_as_accelerate_without_its_lookups(model_path, monkeypatch):
+    import accelerate.utils
+
+    plain = AutoModelForCausalLMWithValueHead.from_pretrained(model_path("gpt2"))
+    parallel = torch.nn.DataParallel(plain)  # a `.module` wrapper, as DDP / DeepSpeed / FSDP
+    compiled = torch.compile(plain)
+    for model in (plain, parallel, compiled):
+        assert unwrap_parallel(model) is accelerate.utils.extract_model_from_parallel(model)
+    assert unwrap_parallel(parallel) is plain and unwrap_parallel(compiled) is compiled
+    calls = []
+    real = accelerate.utils.extract_model_from_parallel
+    monkeypatch.setattr(accelerate.utils, "extract_model_from_parallel", lambda m: calls.append(m) or real(m))
+    assert unwrap_parallel(plain) is plain and unwrap_base_model(plain) is plain.pretrained_model and calls == []
+    assert unwrap_parallel(parallel) is plain and calls == [parallel]
 
 
 def test_eos_token_ids_order_of_precedence(model_path, pad_tokenizer):
