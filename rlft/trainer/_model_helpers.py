@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..import_utils import is_unsloth_available
 
+
 def unwrap_parallel(model: nn.Module) -> nn.Module:
     """``accelerator.unwrap_model(model)``: the model under a DDP / DataParallel / DeepSpeed / FSDP wrapper (a
     ``torch.compile`` wrapper is kept, as accelerate keeps it). Every such wrapper holds the model as
