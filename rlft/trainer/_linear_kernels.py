@@ -1,0 +1,51 @@
+"""Which kernel the trainers' fp32 CPU linear layers run on while a step trains or evaluates: the one choice,
+shared by PPOTrainer's ``step`` and the transformers-Trainer-based trainers' ``training_step`` /
+``prediction_step`` (SFT, reward, DPO) and IterativeSFTTrainer's ``step``.
+
+The block routes each ``nn.Linear`` / GPT-2 ``Conv1D`` of the models through `rlft.utils.onednn_linear`
+(oneDNN's inner product, forward and backward; equal to torch's MKL path to fp32 rounding; about 1.5x a
+forward+backward of the benchmark GPT-2 on the benchmark CPU). A training step's backward runs inside the
+block, so gradient checkpointing's recomputed forwards are routed too. Calls under bf16 / fp16 autocast,
+in other dtypes or on other devices run torch's own kernels (`onednn_linears` checks every call).
+Nothing is routed:
+
+- when the parameters are sharded (FSDP, DeepSpeed): their engines own the forwards;
+- for encoder-decoder models: the tiny BART of tests/trainer/test_ppo_seq2seq_learning.py (lr 3e-2,
+  Adam) gained 0.15 / 0.14 / 0.52 / 0.32 / 0.51 / 0.57 on seeds 0-5 with oneDNN, 0.46 / 0.66 / 0.52 /
+  0.28 / 0.51 / 0.65 without. One forward/backward agrees to fp32 rounding, so this looks like Adam
+  amplifying rounding, but it is not settled (docs/ppo_performance.md);
+- with the environment variable ``RLFT_ONEDNN_LINEARS=torch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from torch import nn
+
+from ..utils.onednn_linear import onednn_linears
+from ._distributed import shards_parameters
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    """Whether ``model`` is, or wraps (DDP, value head, peft, ``torch.compile``), an encoder-decoder transformers
+    model: a module whose ``config.is_encoder_decoder`` is True, or a value-head wrapper that says so."""
+    return any(
+        getattr(m, "is_encoder_decoder", None) is True
+        or getattr(getattr(m, "config", None), "is_encoder_decoder", None) is True
+        for m in model.modules()
+    )
+
+
+def linear_kernels(accelerator, *models: nn.Module | None) -> contextlib.ExitStack:
+    """A context manager that puts the linear layers of ``models`` (None entries are skipped; wrapped models
+    are fine) on oneDNN for the block, unless the accelerator shards parameters or the model is an
+    encoder-decoder (see the module docstring). Nested blocks are harmless: a layer already routed is left
+    as it is, and restored by the block that routed it."""
+    stack = contextlib.ExitStack()
+    if shards_parameters(accelerator):
+        return stack
+    for model in models:
+        if model is not None and not is_encoder_decoder(model):
+            stack.enter_context(onednn_linears(model))
+    return stack
