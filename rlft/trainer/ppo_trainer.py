@@ -758,7 +758,8 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         gradients are not applied: the accumulation window's gradients are dropped, and the
         trainer's `MinibatchSignals` say which it was (with the clocks of each part).
         """
-        self.model.train()
+        if not all(m.training for m in self.model.modules()):  # train() walks and sets every module: 1.4 ms with LoRA
+            self.model.train()
         signals = self._signals
         t = time.perf_counter()
         extra = {"ref_logprobs": ref_logprobs} if ref_logprobs is not None else {}

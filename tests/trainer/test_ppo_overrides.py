@@ -89,6 +89,21 @@ def test_compute_advantages_and_train_minibatch_overrides(model_path, pad_tokeni
     assert stats["ppo/policy/advantages_mean"] == pytest.approx(3.0)
 
 
+def test_train_minibatch_puts_every_module_in_training_mode(model_path, pad_tokenizer):
+    """Also a submodule left in eval mode (train() is skipped only when every module already trains)."""
+    seen = []
+
+    class EvalFirst(PPOTrainer):
+        def train_minibatch(self, *args, **kwargs):
+            self.model.pretrained_model.transformer.h[0].eval()
+            out = super().train_minibatch(*args, **kwargs)
+            seen.append(all(m.training for m in self.model.modules()))
+            return out
+
+    _make(EvalFirst, model_path, pad_tokenizer).step(*_batch())
+    assert seen == [True, True]
+
+
 def test_record_step_stats_override_adds_keys(model_path, pad_tokenizer):
     class Extra(PPOTrainer):
         def record_step_stats(self, kl_coef, **data):
