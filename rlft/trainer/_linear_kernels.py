@@ -14,6 +14,9 @@ Nothing is routed:
   Adam) gained 0.15 / 0.14 / 0.52 / 0.32 / 0.51 / 0.57 on seeds 0-5 with oneDNN, 0.46 / 0.66 / 0.52 /
   0.28 / 0.51 / 0.65 without. One forward/backward agrees to fp32 rounding, so this looks like Adam
   amplifying rounding, but it is not settled (docs/ppo_performance.md);
+- for models compiled with ``torch.compile`` (a wrapper, or ``module.compile()`` anywhere in the model): a compiled
+  graph never runs the routed forward (`onednn_linears` steps aside while dynamo traces), and swapping the
+  layers' forwards would only make dynamo compile the model once more (measured: 5 s on the tiny test GPT-2);
 - with the environment variable ``RLFT_ONEDNN_LINEARS=torch``.
 """
 
@@ -37,15 +40,22 @@ def is_encoder_decoder(model: nn.Module) -> bool:
     )
 
 
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is, or holds, a ``torch.compile`` wrapper, or a module compiled in place (``module.compile()``)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return any(isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+
+
 def linear_kernels(accelerator, *models: nn.Module | None) -> contextlib.ExitStack:
     """A context manager that puts the linear layers of ``models`` (None entries are skipped; wrapped models
-    are fine) on oneDNN for the block, unless the accelerator shards parameters or the model is an
-    encoder-decoder (see the module docstring). Nested blocks are harmless: a layer already routed is left
+    are fine) on oneDNN for the block, unless the accelerator shards parameters, or the model is an
+    encoder-decoder or compiled (see the module docstring). Nested blocks are harmless: a layer already routed is left
     as it is, and restored by the block that routed it."""
     stack = contextlib.ExitStack()
     if shards_parameters(accelerator):
         return stack
     for model in models:
-        if model is not None and not is_encoder_decoder(model):
+        if model is not None and not is_encoder_decoder(model) and not is_compiled(model):
             stack.enter_context(onednn_linears(model))
     return stack

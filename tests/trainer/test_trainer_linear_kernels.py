@@ -22,7 +22,7 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 from rlft import DPOTrainer, IterativeSFTTrainer
-from rlft.trainer._linear_kernels import is_encoder_decoder, linear_kernels
+from rlft.trainer._linear_kernels import is_compiled, is_encoder_decoder, linear_kernels
 from rlft.trainer.reward_config import RewardConfig
 from rlft.trainer.reward_trainer import RewardTrainer
 from rlft.trainer.sft_trainer import SFTTrainer
@@ -225,7 +225,7 @@ def test_linear_kernels_exclusions(model_path):
     gpt2 = AutoModelForCausalLM.from_pretrained(model_path("gpt2"))
     t5 = AutoModelForSeq2SeqLM.from_pretrained(model_path("t5"))
     plain = types.SimpleNamespace(distributed_type=DistributedType.NO)
-    assert not is_encoder_decoder(gpt2) and is_encoder_decoder(t5)
+    assert not is_encoder_decoder(gpt2) and is_encoder_decoder(t5) and not is_compiled(gpt2)
     from rlft.models import AutoModelForSeq2SeqLMWithValueHead
 
     assert is_encoder_decoder(AutoModelForSeq2SeqLMWithValueHead(t5))
@@ -236,6 +236,12 @@ def test_linear_kernels_exclusions(model_path):
     for sharded in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         with linear_kernels(types.SimpleNamespace(distributed_type=sharded), gpt2):
             assert not any("forward" in m.__dict__ for m in gpt2.modules())
+    wrapper = torch.compile(gpt2)  # compiled lazily: nothing runs here
+    with linear_kernels(plain, wrapper):
+        assert is_compiled(wrapper) and not any("forward" in m.__dict__ for m in gpt2.modules())
+    gpt2.transformer.h[1].compile()  # one block compiled in place
+    with linear_kernels(plain, gpt2):
+        assert is_compiled(gpt2) and not any("forward" in m.__dict__ for m in gpt2.modules())
 
 
 # ----------------------------------------------------------------- (b) same numbers as torch's kernels
