@@ -5,7 +5,9 @@ shared by PPOTrainer's ``step`` and the transformers-Trainer-based trainers' ``t
 The block routes each ``nn.Linear`` / GPT-2 ``Conv1D`` of the models through `rlft.utils.onednn_linear`
 (oneDNN's inner product, forward and backward; equal to torch's MKL path to fp32 rounding; about 1.5x a
 forward+backward of the benchmark GPT-2 on the benchmark CPU). A training step's backward runs inside the
-block, so gradient checkpointing's recomputed forwards are routed too. Calls under bf16 / fp16 autocast,
+block, so gradient checkpointing's recomputed forwards are routed too. They must be: a forward routed in the
+block and recomputed after it fails in torch.utils.checkpoint ("Recomputed values ... have different
+metadata": the routed layer saves its input zero-padded to `bucketed_rows`, the plain one does not). Calls under bf16 / fp16 autocast,
 in other dtypes or on other devices run torch's own kernels (`onednn_linears` checks every call).
 Nothing is routed:
 
