@@ -35,7 +35,7 @@ from ..functional.logprobs import selected_log_probs
 from ..models._peft import is_peft_model, wrap_peft
 from . import _sharding
 from ._helpers import PerModelCheck, disable_dropout_in_model, pad_token_id_or_eos
-from ._linear_kernels import linear_kernels
+from ._step_kernels import step_kernels
 from ._model_helpers import unwrap_base_model
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
@@ -398,7 +398,7 @@ class DPOTrainer(Trainer):
 
     def compute_reference_log_probs(self, padded_batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Reference log-probabilities (B,), (B,) of the chosen and rejected responses of one padded batch."""
-        with self.compute_loss_context_manager(), linear_kernels(self.accelerator, self.model, self.ref_model):
+        with self.compute_loss_context_manager(), step_kernels(self.accelerator, self.model, self.ref_model):
             return self._reference_logps(padded_batch)
 
     def _precompute_reference(self) -> None:
@@ -676,8 +676,8 @@ class DPOTrainer(Trainer):
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Tensor | int | None = None) -> Tensor:
         """transformers' step with the fp32 CPU linear layers of the policy and the reference on oneDNN
-        (`linear_kernels`): the policy's forward and backward and the reference's forward."""
-        with linear_kernels(self.accelerator, model, self.ref_model):
+        (`step_kernels`): the policy's forward and backward and the reference's forward."""
+        with step_kernels(self.accelerator, model, self.ref_model):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(
@@ -709,11 +709,11 @@ class DPOTrainer(Trainer):
         ignore_keys: list[str] | None = None,
     ):
         """Evaluation step: (loss, logits summary, dummy labels) with the metrics stored for `log`; the linear
-        layers of the policy and the reference on oneDNN (`linear_kernels`)."""
+        layers of the policy and the reference on oneDNN (`step_kernels`)."""
         if ignore_keys is None:
             ignore_keys = list(getattr(getattr(model, "config", None), "keys_to_ignore_at_inference", []) or [])
         inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager(), linear_kernels(self.accelerator, model, self.ref_model):
+        with torch.no_grad(), self.compute_loss_context_manager(), step_kernels(self.accelerator, model, self.ref_model):
             loss, metrics = self.get_batch_loss_metrics(model, inputs, train_eval="eval")
         self.store_metrics(metrics, train_eval="eval")
         if prediction_loss_only:

@@ -19,7 +19,7 @@ from transformers import (
 from .._compat import resolve_processing_class
 from ..data.sft import IGNORE_INDEX
 from ._helpers import pad
-from ._linear_kernels import linear_kernels
+from ._step_kernels import step_kernels
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
 
@@ -238,10 +238,10 @@ class IterativeSFTTrainer(Trainer):
         if self.state.global_step == 0 and not self._pending_losses:
             self.callback_handler.on_train_begin(self.args, self.state, self.control)
 
-        # 2. forward, backward and optimiser step per minibatch (fp32 CPU linear layers on oneDNN: `linear_kernels`)
+        # 2. forward, backward and optimiser step per minibatch (fp32 CPU linear layers on oneDNN: `step_kernels`)
         self.model.train()
         losses, accumulation = [], max(1, self.args.gradient_accumulation_steps)
-        with linear_kernels(self.accelerator, self.model_wrapped):
+        with step_kernels(self.accelerator, self.model_wrapped):
             for k, batch in enumerate(loader):
                 if k % accumulation == 0:
                     self.optimizer.zero_grad()  # a new accumulation cycle; the last one's gradients outlive step()

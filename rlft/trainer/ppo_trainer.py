@@ -31,33 +31,68 @@ import torch
 from torch import Tensor
 
 from ..core import free_device_cache, set_seed
-from ..functional.critic_free import (
-    clipped_policy_loss, aggregate_loss, discounted_returns, kl_k3, sequence_advantages, sequence_to_token,
-)
 from ..functional import masked_mean
+from ..functional.critic_free import (
+    aggregate_loss,
+    clipped_policy_loss,
+    discounted_returns,
+    kl_k3,
+    sequence_advantages,
+    sequence_to_token,
+)
 from ..functional.logprobs import selected_log_probs
-from ..functional.ppo import gae, kl_full, kl_penalty, per_token_rewards, policy_loss, value_loss
+from ..functional.ppo import (
+    gae,
+    kl_full,
+    kl_penalty,
+    per_token_rewards,
+    policy_loss,
+    value_loss,
+)
 from ..models import SUPPORTED_ARCHITECTURES, PreTrainedModelWrapper
 from ..models.modeling_base import is_peft_model
 from ..utils.faults import NonFiniteGuard
-from ..utils.fused_gelu import fused_gelu
-from ..utils.onednn_linear import onednn_linears
 from ..utils.resumable import ResumableDataLoader, ResumableSampler
 from ..utils.running import RunningMoments
-from ..utils.tied_embedding import densify_grad, lookup_grad_in_place, sparse_embedding_grad, tied_trainable_input_embedding
+from ..utils.tied_embedding import (
+    densify_grad,
+    lookup_grad_in_place,
+    sparse_embedding_grad,
+    tied_trainable_input_embedding,
+)
 from . import _distributed, _ppo_stats, _sharding
-from ._helpers import disable_dropout_in_model, eos_token_ids, pad_token_id_or_eos, pad_with_mask
+from ._helpers import (
+    disable_dropout_in_model,
+    eos_token_ids,
+    pad_token_id_or_eos,
+    pad_with_mask,
+)
 from ._model_helpers import unwrap_base_model, unwrap_parallel
 from ._ppo_checkpoint import PPOCheckpointMixin
-from ._ppo_helpers import (
-    accepted_kwargs, build_dataloader, cat_padded, check_policy, collate, default_optimizer, generate_responses,
-    out_of_memory_hint, tracker_init_kwargs,
-)
 from ._ppo_forward import BehaviourRecorder, forward_actions, pad_batch
-from ._ppo_inputs import InputLimits, check_queries, validate_step_inputs
 from ._ppo_guards import PPOGuardsMixin, gradients_finite
+from ._ppo_helpers import (
+    accepted_kwargs,
+    build_dataloader,
+    cat_padded,
+    check_policy,
+    collate,
+    default_optimizer,
+    generate_responses,
+    out_of_memory_hint,
+    tracker_init_kwargs,
+)
+from ._ppo_inputs import InputLimits, check_queries, validate_step_inputs
 from ._ppo_logging import PPOLoggingMixin
-from ._ppo_types import BehaviourCache, EpochsResult, MinibatchSignals, PaddedBatch, Rollout, StepInputs
+from ._ppo_types import (
+    BehaviourCache,
+    EpochsResult,
+    MinibatchSignals,
+    PaddedBatch,
+    Rollout,
+    StepInputs,
+)
+from ._step_kernels import step_kernels
 from .base import BaseTrainer
 from .kl_control import AdaptiveKLController, FixedKLController
 from .ppo_config import GROUP_ESTIMATORS, PPOConfig
@@ -378,23 +413,12 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
             if self.config.optimize_device_cache:
                 free_device_cache()
 
-    def _linear_kernels(self) -> contextlib.ExitStack:
-        """The policy's and the reference's fp32 CPU linear layers on oneDNN for the block (forward and backward;
-        `rlft.utils.onednn_linear`: 1.3-1.4x a PPO step on the benchmark CPU, equal to fp32 rounding). Not when the
-        parameters are sharded (FSDP / ZeRO-3 own the forwards), and not for encoder-decoder models: the tiny BART
-        of tests/trainer/test_ppo_seq2seq_learning.py (lr 3e-2, Adam) gained 0.15 / 0.14 / 0.52 / 0.32 / 0.51 / 0.57
-        on seeds 0-5 with it, 0.46 / 0.66 / 0.52 / 0.28 / 0.51 / 0.65 without; one forward/backward agrees to fp32
-        rounding, so this looks like Adam amplifying rounding, but it is not settled (docs/ppo_performance.md).
-        ``RLFT_ONEDNN_LINEARS=torch`` switches it off."""
-        stack = contextlib.ExitStack()
-        if not _distributed.shards_parameters(self.accelerator) and not self.is_encoder_decoder:
-            for model in (unwrap_parallel(self.model), self.ref_model):
-                if model is not None:
-                    stack.enter_context(onednn_linears(model))
-        for model in (unwrap_parallel(self.model), self.ref_model):
-            if model is not None:
-                stack.enter_context(fused_gelu(model))
-        return stack
+    def _step_kernels(self) -> contextlib.ExitStack:
+        """The policy's and the reference's kernels for the block (`rlft.trainer._step_kernels.step_kernels`, shared
+        with the other trainers): GPT-2's GELU fused, large fp32 CPU linear layers on oneDNN (1.3-1.4x a PPO step on
+        the benchmark CPU); not when sharded or for compiled models, no oneDNN for encoder-decoders;
+        ``RLFT_ONEDNN_LINEARS=torch`` keeps torch's linears."""
+        return step_kernels(self.accelerator, unwrap_parallel(self.model), self.ref_model)
 
     # ================================================================== step
     def step(
@@ -420,7 +444,7 @@ class PPOTrainer(PPOCheckpointMixin, PPOGuardsMixin, PPOLoggingMixin, BaseTraine
         """
         t_start = time.time()
         timing: dict[str, float] = {}
-        with self._device_cache(), self._linear_kernels():
+        with self._device_cache(), self._step_kernels():
             # 1. validate (bad input raises before anything changes; NaN/inf scores skip the step)
             inputs = self._validate(queries, responses, scores, response_masks)
             nonfinite = self._nonfinite_scores(inputs.scores)

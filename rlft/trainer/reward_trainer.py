@@ -18,7 +18,7 @@ from ..data.reward import REWARD_COLUMNS, RewardDataCollatorWithPadding, compute
 from ..functional.reward import pairwise_reward_loss
 from ..models._peft import wrap_peft
 from ._helpers import PerModelCheck, disable_dropout_in_model, pad_with_mask
-from ._linear_kernels import linear_kernels
+from ._step_kernels import step_kernels
 from ._sharding import _zero3_partitioned, fsdp2_modules
 from ._model_helpers import unwrap_base_model
 from .reward_config import RewardConfig
@@ -186,9 +186,9 @@ class RewardTrainer(Trainer):
     # ----------------------------------------------------------------- loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """transformers' step with the fp32 CPU linear layers on oneDNN (`linear_kernels`): the packed or padded
+        """transformers' step with the fp32 CPU linear layers on oneDNN (`step_kernels`): the packed or padded
         forwards, the backward, and gradient checkpointing's recomputed forwards (on by default here)."""
-        with linear_kernels(self.accelerator, model):
+        with step_kernels(self.accelerator, model):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -298,9 +298,9 @@ class RewardTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Loss, (B, 2) rewards of (chosen, rejected), and labels (B,) = 0 (chosen is preferred); the linear
-        layers on oneDNN (`linear_kernels`)."""
+        layers on oneDNN (`step_kernels`)."""
         inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), linear_kernels(self.accelerator, model):
+        with torch.no_grad(), step_kernels(self.accelerator, model):
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
         loss = loss.detach()
         if prediction_loss_only:

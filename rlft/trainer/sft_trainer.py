@@ -24,7 +24,7 @@ from ..data.sft import IGNORE_INDEX, ConstantLengthDataset, DataCollatorForCausa
 from ..extras.dataset_formatting import get_formatting_func_from_dataset
 from ..models._peft import wrap_peft
 from ._helpers import PerModelCheck
-from ._linear_kernels import linear_kernels
+from ._step_kernels import step_kernels
 from ._model_helpers import unwrap_base_model
 
 #: Cap of max_seq_length when the user gives none: min(tokenizer.model_max_length, 1024), as TRL
@@ -195,13 +195,13 @@ class SFTTrainer(Trainer):
     # ----------------------------------------------------------------- steps
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """transformers' step, forward and backward, with the fp32 CPU linear layers on oneDNN (`linear_kernels`)."""
-        with linear_kernels(self.accelerator, model):
+        """transformers' step, forward and backward, with the fp32 CPU linear layers on oneDNN (`step_kernels`)."""
+        with step_kernels(self.accelerator, model):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """transformers' evaluation step, with the fp32 CPU linear layers on oneDNN (`linear_kernels`)."""
-        with linear_kernels(self.accelerator, model):
+        """transformers' evaluation step, with the fp32 CPU linear layers on oneDNN (`step_kernels`)."""
+        with step_kernels(self.accelerator, model):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     # ----------------------------------------------------------------- loss

@@ -11,15 +11,17 @@ computes the same formula in one kernel forward and one backward. On the benchma
 fixture GPT-2's activation (640 x 1024, fp32), forward + backward took 3.04 ms as written and 0.88 ms fused;
 the outputs differ by at most 2.4e-7 (fp32 rounding).
 
-`fused_gelu` swaps the forward of each ``NewGELUActivation`` of a model for the fused one within a block
-(the module's own ``forward`` is restored on exit), so nothing changes for the model outside rlft's
-trainers and saved configs keep saying ``gelu_new``. Any device and dtype: the formula is the same.
+`fused_gelu` puts a `FusedGELU` module in the place of each ``NewGELUActivation`` of a model (in its parent's
+submodules) within a block and puts the original back on exit, so nothing changes for the model outside
+rlft's trainers and saved configs keep saying ``gelu_new``. It swaps the module rather than its ``forward``:
+transformers 5 re-applies its hub kernels (``kernels`` package) to ``NewGELUActivation`` modules whenever
+the model switches between ``train()`` and ``eval()``, which resets a forward set on the instance.
+Any device and dtype: the formula is the same.
 """
 
 from __future__ import annotations
 
 import contextlib
-import types
 from collections.abc import Iterator
 
 import torch
@@ -35,28 +37,34 @@ def _gelu_new_type() -> type | None:
     return NewGELUActivation
 
 
-def _fused_forward(self: torch.nn.Module, x: Tensor) -> Tensor:
-    """``NewGELUActivation.forward`` in one kernel: the same tanh approximation."""
-    return F.gelu(x, approximate="tanh")
+class FusedGELU(torch.nn.Module):
+    """``NewGELUActivation`` in one kernel: the same tanh approximation. Holds the module it stands in for."""
+
+    def __init__(self, original: torch.nn.Module):
+        super().__init__()
+        object.__setattr__(self, "original", original)  # not a submodule: the model's structure is unchanged
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(x, approximate="tanh")
 
 
 @contextlib.contextmanager
 def fused_gelu(model: torch.nn.Module) -> Iterator[int]:
-    """Within the block, every ``NewGELUActivation`` of ``model`` (exactly that class, forward not replaced on
-    the instance) runs ``F.gelu(x, approximate="tanh")``; yields how many modules were swapped. Restored on
-    exit, also on error. Blocks nest: an inner block finds the modules already swapped and leaves them."""
+    """Within the block, every ``NewGELUActivation`` of ``model`` (exactly that class) is replaced in its parent by
+    a `FusedGELU`; yields how many were replaced. Restored on exit, also on error. Blocks nest: an inner block
+    finds `FusedGELU` modules and leaves them to the outer one."""
     gelu_new = _gelu_new_type()
-    patched: list[torch.nn.Module] = []
+    swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
     if gelu_new is not None:
-        for module in model.modules():
-            if type(module) is gelu_new and "forward" not in module.__dict__:
-                # A bound method (not a closure) so that a deepcopy of the module binds to the copy.
-                module.forward = types.MethodType(_fused_forward, module)
-                patched.append(module)
+        for parent in list(model.modules()):
+            for name, child in list(parent._modules.items()):
+                if child is not None and type(child) is gelu_new:
+                    parent._modules[name] = FusedGELU(child)
+                    swapped.append((parent, name, child))
     try:
-        yield len(patched)
+        yield len(swapped)
     finally:
-        for module in patched:
-            forward = module.__dict__.get("forward")
-            if isinstance(forward, types.MethodType) and forward.__func__ is _fused_forward:
-                del module.__dict__["forward"]
+        for parent, name, child in reversed(swapped):
+            current = parent._modules.get(name)
+            if isinstance(current, FusedGELU) and current.original is child:
+                parent._modules[name] = child

@@ -14,7 +14,9 @@ in training"). All three products of a linear layer are inner products of this k
 
 GPT-2's ``Conv1D`` stores its weight as (in, out) and computes ``x @ W + b``: the same products with W
 transposed. `onednn_linears` routes every fp32 CPU call of each ``nn.Linear`` / ``Conv1D`` of a model
-(with or without gradients) through `OneDNNLinear`, an autograd function that computes those four lines.
+(with or without gradients) that is `large_enough` through `OneDNNLinear`, an autograd function that
+computes those four lines; smaller layers (LoRA adapters, value and score heads, d=64 layers) stay on
+torch's kernels.
 The arithmetic is the same; the summation order differs, so results agree with torch's to fp32 rounding
 (about 1e-6 relative), like a change of batch size. Nothing is cached: the weights are read at every
 call, so optimizer steps inside the block need nothing special. The rows are zero-padded to a few
@@ -49,6 +51,21 @@ ONEDNN_LINEARS_ENV = "RLFT_ONEDNN_LINEARS"
 #: per doubling of N, at least MIN_ROW_STEP apart.
 ROW_STEPS_PER_OCTAVE = 8
 MIN_ROW_STEP = 16
+
+
+#: Layers smaller than this stay on torch's kernels: their products take microseconds, and the routing's own
+#: cost (the autograd function, the row padding) outweighs oneDNN's faster arithmetic. Measured on the benchmark
+#: CPU (2 threads): LoRA adapters of rank 8 (256 x 8) and the value head (256 x 1) routed made the `ppo_peft_ref`
+#: workload 8% slower (1.40 -> 1.52 steps/s with them left out, 3 pairs each); the d=64 GPT-2 of
+#: `reward_tiny_long_defaults` (64 x 192, 64 x 64 and the 64 x 1 score head) 9% slower than torch's kernels,
+#: within noise of them with only its 64 x 256 layers routed.
+MIN_WEIGHT_ELEMENTS = 128 * 128
+MIN_WEIGHT_SIDE = 64
+
+
+def large_enough(weight: Tensor) -> bool:
+    """Whether a layer with this weight is routed: at least MIN_WEIGHT_ELEMENTS entries, both sides >= MIN_WEIGHT_SIDE."""
+    return weight.numel() >= MIN_WEIGHT_ELEMENTS and min(weight.shape) >= MIN_WEIGHT_SIDE
 
 
 def bucketed_rows(n: int) -> int:
@@ -103,7 +120,7 @@ class OneDNNLinear(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         xp, weight = ctx.saved_tensors
         need_x, need_w, need_b, _ = ctx.needs_input_grad
-        gy = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        gy = grad.reshape(-1, grad.shape[-1]).contiguous()  # (N, out); an expanded gradient (y.sum()'s) made oneDNN 190x slower
         n = gy.shape[0]
         gyp = _pad_rows(gy, xp.shape[0])  # (rows, out)
         gx = gw = gb = None
@@ -149,7 +166,7 @@ def onednn_linears(model: torch.nn.Module) -> Iterator[int]:
     if onednn_enabled():
         conv1d = _conv1d_type()
         for module in model.modules():
-            if _unpatched_linear(module, conv1d):
+            if _unpatched_linear(module, conv1d) and large_enough(module.weight):
                 # A bound method (not a closure) so that a deepcopy of the module binds to the copy.
                 module.forward = types.MethodType(_onednn_forward, module)
                 patched.append(module)

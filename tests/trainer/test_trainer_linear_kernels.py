@@ -1,5 +1,5 @@
 """The Trainer-based trainers (SFT, reward, DPO) and IterativeSFTTrainer run their fp32 CPU linear layers on
-oneDNN during a training step (`rlft.trainer._linear_kernels.linear_kernels`): which layers are routed, forward
+oneDNN during a training step (`rlft.trainer._step_kernels.step_kernels`): which layers are routed, forward
 and backward (gradient checkpointing's recomputed forwards included), when nothing is, and that a step's loss
 and gradients equal torch's kernels to fp32 rounding."""
 
@@ -22,7 +22,7 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 from rlft import DPOTrainer, IterativeSFTTrainer
-from rlft.trainer._linear_kernels import is_compiled, is_encoder_decoder, linear_kernels
+from rlft.trainer._step_kernels import is_compiled, is_encoder_decoder, step_kernels
 from rlft.trainer.reward_config import RewardConfig
 from rlft.trainer.reward_trainer import RewardTrainer
 from rlft.trainer.sft_trainer import SFTTrainer
@@ -38,6 +38,14 @@ PROMPTS = ["What is the meaning of", "Return the value of the object in", "Creat
 CHOSEN = [" the argument given to the function", " the first item", " object from the list of all names", " to"]
 REJECTED = [" nothing", " when a type is not a string or a path", " is not a string", " if the path exists on disk"]
 TRAINERS = ["sft", "reward", "dpo", "iterative_sft"]
+
+
+@pytest.fixture(autouse=True)
+def route_every_layer(monkeypatch):
+    """The tiny test models' layers are mostly below oneDNN's routing size (`onednn_linear.large_enough`); these
+    tests are about which trainer routes what, so every layer is routed."""
+    monkeypatch.setattr(onednn_linear, "MIN_WEIGHT_ELEMENTS", 0)
+    monkeypatch.setattr(onednn_linear, "MIN_WEIGHT_SIDE", 0)
 
 
 # ----------------------------------------------------------------- what oneDNN saw
@@ -221,7 +229,7 @@ def test_nothing_for_encoder_decoders_or_under_autocast(tmp_path, model_path, pa
     assert math.isfinite(loss) and not seen
 
 
-def test_linear_kernels_exclusions(model_path):
+def test_step_kernels_exclusions(model_path):
     gpt2 = AutoModelForCausalLM.from_pretrained(model_path("gpt2"))
     t5 = AutoModelForSeq2SeqLM.from_pretrained(model_path("t5"))
     plain = types.SimpleNamespace(distributed_type=DistributedType.NO)
@@ -229,18 +237,18 @@ def test_linear_kernels_exclusions(model_path):
     from rlft.models import AutoModelForSeq2SeqLMWithValueHead
 
     assert is_encoder_decoder(AutoModelForSeq2SeqLMWithValueHead(t5))
-    with linear_kernels(plain, gpt2, None, t5):
+    with step_kernels(plain, gpt2, None, t5):
         assert "forward" in gpt2.transformer.h[0].mlp.c_fc.__dict__
         assert not any("forward" in m.__dict__ for m in t5.modules())
     assert "forward" not in gpt2.transformer.h[0].mlp.c_fc.__dict__
     for sharded in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with linear_kernels(types.SimpleNamespace(distributed_type=sharded), gpt2):
+        with step_kernels(types.SimpleNamespace(distributed_type=sharded), gpt2):
             assert not any("forward" in m.__dict__ for m in gpt2.modules())
     wrapper = torch.compile(gpt2)  # compiled lazily: nothing runs here
-    with linear_kernels(plain, wrapper):
+    with step_kernels(plain, wrapper):
         assert is_compiled(wrapper) and not any("forward" in m.__dict__ for m in gpt2.modules())
     gpt2.transformer.h[1].compile()  # one block compiled in place
-    with linear_kernels(plain, gpt2):
+    with step_kernels(plain, gpt2):
         assert is_compiled(gpt2) and not any("forward" in m.__dict__ for m in gpt2.modules())
 
 
@@ -272,3 +280,30 @@ def test_step_loss_and_gradients_equal_torch_kernels(tmp_path, model_path, pad_t
     for name, ref in ref_grads.items():
         scale = ref.abs().max().item()
         torch.testing.assert_close(grads[name], ref, rtol=GRAD_RTOL, atol=GRAD_SCALE_ATOL * scale, msg=name)
+
+
+@pytest.mark.parametrize("kind", TRAINERS)
+def test_step_fuses_gpt2_gelu(tmp_path, model_path, pad_tokenizer, monkeypatch, kind):
+    """Every GELU call of a training step (GPT-2's gelu_new; DPO: the policy's and the reference's) runs fused,
+    across transformers' train/eval switches, and the model holds its own GELU modules again after."""
+    from transformers.activations import NewGELUActivation
+
+    from rlft.utils import fused_gelu
+
+    counts = {"fused": 0, "plain": 0}
+    fused_forward, plain_forward = fused_gelu.FusedGELU.forward, NewGELUActivation.forward
+
+    def fused(self, x):
+        counts["fused"] += 1
+        return fused_forward(self, x)
+
+    def plain(self, x):
+        counts["plain"] += 1
+        return plain_forward(self, x)
+
+    monkeypatch.setattr(fused_gelu.FusedGELU, "forward", fused)
+    monkeypatch.setattr(NewGELUActivation, "forward", plain)
+    trainer = BUILD[kind](tmp_path, model_path, pad_tokenizer)
+    _train_one_step(trainer, kind)
+    assert counts["fused"] > 0 and counts["plain"] == 0, counts
+    assert not any(isinstance(m, fused_gelu.FusedGELU) for m in trainer.model.modules())

@@ -23,14 +23,18 @@ def _formula(x: torch.Tensor) -> torch.Tensor:
 def calls(monkeypatch):
     """Counts the fused forwards run."""
     count = [0]
-    fused = fused_gelu_module._fused_forward
+    fused = fused_gelu_module.FusedGELU.forward
 
     def counting(self, x):
         count[0] += 1
         return fused(self, x)
 
-    monkeypatch.setattr(fused_gelu_module, "_fused_forward", counting)
+    monkeypatch.setattr(fused_gelu_module.FusedGELU, "forward", counting)
     return count
+
+
+def _kinds(model) -> list[str]:
+    return [type(m).__name__ for m in model.modules() if type(m).__name__ in ("NewGELUActivation", "FusedGELU")]
 
 
 def test_values_and_gradients_match_the_formula():
@@ -51,28 +55,33 @@ def test_values_and_gradients_match_the_formula():
 
 def test_gpt2_swaps_every_block_and_restores(model_path, calls):
     model = AutoModelForCausalLM.from_pretrained(model_path("gpt2")).eval()
+    n_layer = model.config.n_layer
     assert model.config.activation_function == "gelu_new"
     ids = torch.randint(5, model.config.vocab_size, (2, 10))
     with torch.no_grad():
         plain = model(input_ids=ids).logits
     with fused_gelu(model) as swapped:
-        assert swapped == model.config.n_layer
+        assert swapped == n_layer and _kinds(model) == ["FusedGELU"] * n_layer
         with fused_gelu(model) as again:  # nested: already swapped, left to the outer block
             assert again == 0
+        assert _kinds(model) == ["FusedGELU"] * n_layer
+        # transformers re-applies its hub kernels to NewGELUActivation modules on a train/eval switch
+        model.train()
+        model.eval()
         with torch.no_grad():
             fused = model(input_ids=ids).logits
-        assert calls[0] == model.config.n_layer
-        clone = copy.deepcopy(model)  # a copy made inside the block runs the fused forward on its own modules
+        assert calls[0] == n_layer
+        clone = copy.deepcopy(model)  # a copy made inside the block runs the fused GELU on its own modules
         with torch.no_grad():
             clone(input_ids=ids)
-        assert calls[0] == 2 * model.config.n_layer
+        assert calls[0] == 2 * n_layer
     assert torch.allclose(fused, plain, atol=1e-5)
-    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert _kinds(model) == ["NewGELUActivation"] * n_layer
     with pytest.raises(RuntimeError), fused_gelu(model):
         raise RuntimeError("restored on error too")
-    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert _kinds(model) == ["NewGELUActivation"] * n_layer
     model(input_ids=ids)
-    assert calls[0] == 2 * model.config.n_layer
+    assert calls[0] == 2 * n_layer
 
 
 def test_other_activations_are_left_alone(model_path):
@@ -88,10 +97,13 @@ def test_ppo_step_and_generation_run_it(model_path, pad_tokenizer, calls):
     torch.manual_seed(0)
     model = AutoModelForCausalLMWithValueHead.from_pretrained(model_path("gpt2"))
     n_layer = model.pretrained_model.config.n_layer
-    trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1), model, tokenizer=pad_tokenizer)
+    trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=2), model, tokenizer=pad_tokenizer)
     query = torch.tensor([5, 6, 7])
     response = trainer.generate(query, max_new_tokens=3, min_new_tokens=3, do_sample=True, return_prompt=False)[0]
     generated = calls[0]
     assert generated >= 3 * n_layer  # one call per block per decoded token (and the prompt's forward)
+    calls[0] = 0
     trainer.step([query, query], [response, response], [torch.tensor(1.0), torch.tensor(0.0)])
-    assert calls[0] > generated  # the step's forwards (and their reference's) ran the fused GELU
+    # every forward of the step: the policy's rollout (eval), the reference's, and 2 epochs x 1 minibatch of
+    # updates (train: after transformers' train/eval switch, which re-applies its kernels to NewGELUActivation)
+    assert calls[0] == 4 * n_layer

@@ -21,6 +21,18 @@ from rlft.utils.onednn_linear import (
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN linear")
 
+
+#: The routing sizes of rlft.utils.onednn_linear, as shipped (read before any test changes them).
+SHIPPED_SIZES = (onednn_linear.MIN_WEIGHT_ELEMENTS, onednn_linear.MIN_WEIGHT_SIDE)
+
+
+@pytest.fixture(autouse=True)
+def route_every_layer(monkeypatch):
+    """The tiny test models' layers are mostly below the routing size (`large_enough`); these tests are about
+    the routing itself, so every layer is routed (test_only_large_enough_layers_are_routed checks the sizes)."""
+    monkeypatch.setattr(onednn_linear, "MIN_WEIGHT_ELEMENTS", 0)
+    monkeypatch.setattr(onednn_linear, "MIN_WEIGHT_SIDE", 0)
+
 #: fp32 products summed in another order: tensors agree to about 1e-6 of their norm.
 REL_TOL = 1e-5
 
@@ -303,3 +315,47 @@ def test_bucketed_rows():
     for n in range(1, 5000):  # at most 1/8 padding above 128 rows, and few distinct counts per doubling
         assert n <= bucketed_rows(n) <= max(n + 15, n * 9 / 8)
     assert len({bucketed_rows(n) for n in range(1025, 2049)}) == 8
+
+
+def test_only_large_enough_layers_are_routed(model_path, monkeypatch):
+    """At the shipped sizes: of the tiny GPT-2 with a value head and rank-8 LoRA adapters, the 64 x 256 MLP layers
+    and the 64 x 1024 LM head are routed; the 64 x 192 and 64 x 64 attention layers, the adapters and the
+    64 x 1 value head are not."""
+    peft = pytest.importorskip("peft")
+    from rlft import AutoModelForCausalLMWithValueHead
+
+    monkeypatch.setattr(onednn_linear, "MIN_WEIGHT_ELEMENTS", SHIPPED_SIZES[0])
+    monkeypatch.setattr(onednn_linear, "MIN_WEIGHT_SIDE", SHIPPED_SIZES[1])
+    lora = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, task_type="CAUSAL_LM")
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(model_path("gpt2"), peft_config=lora)
+    n_layer = model.pretrained_model.config.n_layer
+    with onednn_linears(model) as routed:
+        names = sorted(n.split(".")[-1] if "lm_head" not in n else "lm_head"
+                       for n, m in model.named_modules() if "forward" in m.__dict__)
+    assert routed == 2 * n_layer + 1
+    assert names == ["c_fc"] * n_layer + ["c_proj"] * n_layer + ["lm_head"] or names == sorted(
+        ["base_layer"] * n_layer + ["c_proj"] * n_layer + ["lm_head"]), names
+    assert onednn_linear.large_enough(torch.empty(256, 64)) and not onednn_linear.large_enough(torch.empty(192, 64))
+    assert not onednn_linear.large_enough(torch.empty(1, 4096)) and not onednn_linear.large_enough(torch.empty(16, 2048))
+
+
+def test_expanded_output_gradient_is_made_dense(monkeypatch):
+    """``y.sum().backward()`` hands the layer an expanded (stride-0) gradient, which made oneDNN's products
+    about 190x slower; the products see dense operands, and the gradients are right."""
+    strides = []
+    inner = onednn_linear._inner
+
+    def recording(*args):
+        strides.extend(min(t.stride()) for t in args[:2])
+        return inner(*args)
+
+    monkeypatch.setattr(onednn_linear, "_inner", recording)
+    x = torch.randn(48, 64, requires_grad=True)  # a bucketed row count: no padding copies the gradient
+    layer = torch.nn.Linear(64, 96)
+    with onednn_linears(layer):
+        layer(x).sum().backward()
+    assert len(strides) == 6 and min(strides) > 0, strides  # forward, input grad, weight grad
+    gx = x.grad.clone()
+    x.grad = None
+    layer(x).sum().backward()  # torch's kernels
+    assert torch.allclose(gx, x.grad, atol=1e-5)

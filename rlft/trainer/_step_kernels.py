@@ -1,6 +1,10 @@
-"""Which kernel the trainers' fp32 CPU linear layers run on while a step trains or evaluates: the one choice,
-shared by PPOTrainer's ``step`` and the transformers-Trainer-based trainers' ``training_step`` /
+"""Which kernels the trainers' linear layers and GPT-2 GELUs run on while a step trains or evaluates: the one
+choice, shared by PPOTrainer's ``step`` and the transformers-Trainer-based trainers' ``training_step`` /
 ``prediction_step`` (SFT, reward, DPO) and IterativeSFTTrainer's ``step``.
+
+Every GPT-2 ``gelu_new`` activation runs as torch's fused tanh GELU (`rlft.utils.fused_gelu`: the same
+formula in one kernel, swapped in as a module; rlft's generate does the same). Not for sharded or compiled
+models (below).
 
 The block routes each ``nn.Linear`` / GPT-2 ``Conv1D`` of the models through `rlft.utils.onednn_linear`
 (oneDNN's inner product, forward and backward; equal to torch's MKL path to fp32 rounding; about 1.5x a
@@ -28,6 +32,7 @@ import contextlib
 
 from torch import nn
 
+from ..utils.fused_gelu import fused_gelu
 from ..utils.onednn_linear import onednn_linears
 from ._distributed import shards_parameters
 
@@ -49,15 +54,19 @@ def is_compiled(model: nn.Module) -> bool:
     return any(isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
 
 
-def linear_kernels(accelerator, *models: nn.Module | None) -> contextlib.ExitStack:
-    """A context manager that puts the linear layers of ``models`` (None entries are skipped; wrapped models
-    are fine) on oneDNN for the block, unless the accelerator shards parameters, or the model is an
-    encoder-decoder or compiled (see the module docstring). Nested blocks are harmless: a layer already routed is left
-    as it is, and restored by the block that routed it."""
+def step_kernels(accelerator, *models: nn.Module | None) -> contextlib.ExitStack:
+    """A context manager that, for the block, fuses the GPT-2 GELUs of ``models`` and puts their large enough
+    linear layers on oneDNN (None entries are skipped; wrapped models are fine): nothing when the accelerator
+    shards parameters or for a compiled model, and no oneDNN for an encoder-decoder (see the module docstring).
+    Nested blocks are harmless: a module already swapped is left as it is, and restored by the block that
+    swapped it."""
     stack = contextlib.ExitStack()
     if shards_parameters(accelerator):
         return stack
     for model in models:
-        if model is not None and not is_encoder_decoder(model) and not is_compiled(model):
+        if model is None or is_compiled(model):
+            continue
+        stack.enter_context(fused_gelu(model))
+        if not is_encoder_decoder(model):
             stack.enter_context(onednn_linears(model))
     return stack
