@@ -161,7 +161,7 @@ def test_trainer_fsdp2_two_processes_match_one(model_path, tmp_path, monkeypatch
     DPO's reference copy is sharded like the policy; the reward trainer skips its packing probe under FSDP2;
     IterativeSFT's learning-rate schedule is stepped once per optimizer step (not once per process)."""
     model_dir = model_path("gpt2")
-    # Sharded runs keep torch's linear kernels (rlft.trainer._linear_kernels); so does the 1-process baseline here:
+    # Sharded runs keep torch's linear kernels (rlft.trainer._step_kernels); so does the 1-process baseline here:
     # over 3 Adam steps oneDNN's other rounding alone moves DPO's parameters by up to 1.7e-4.
     monkeypatch.setenv("RLFT_ONEDNN_LINEARS", "torch")
     options = [option] if option else []
