@@ -3,7 +3,8 @@ choice, shared by PPOTrainer's ``step`` and the transformers-Trainer-based train
 ``prediction_step`` (SFT, reward, DPO) and IterativeSFTTrainer's ``step``.
 
 Every GPT-2 ``gelu_new`` activation runs as torch's fused tanh GELU (`rlft.utils.fused_gelu`: the same
-formula in one kernel, swapped in as a module; rlft's generate does the same). Not for sharded or compiled
+formula in one kernel, swapped in as a module; rlft's generate does the same), also when the parameters are
+sharded (the GELU has none, and a sharded run then computes what a 1-process run does); not for compiled
 models (below).
 
 The block routes each ``nn.Linear`` / GPT-2 ``Conv1D`` of the models through `rlft.utils.onednn_linear`
@@ -56,17 +57,16 @@ def is_compiled(model: nn.Module) -> bool:
 
 def step_kernels(accelerator, *models: nn.Module | None) -> contextlib.ExitStack:
     """A context manager that, for the block, fuses the GPT-2 GELUs of ``models`` and puts their large enough
-    linear layers on oneDNN (None entries are skipped; wrapped models are fine): nothing when the accelerator
-    shards parameters or for a compiled model, and no oneDNN for an encoder-decoder (see the module docstring).
+    linear layers on oneDNN (None entries are skipped; wrapped models are fine): nothing for a compiled model,
+    and no oneDNN when the accelerator shards parameters or for an encoder-decoder (see the module docstring).
     Nested blocks are harmless: a module already swapped is left as it is, and restored by the block that
     swapped it."""
     stack = contextlib.ExitStack()
-    if shards_parameters(accelerator):
-        return stack
+    sharded = shards_parameters(accelerator)
     for model in models:
         if model is None or is_compiled(model):
             continue
-        stack.enter_context(fused_gelu(model))
-        if not is_encoder_decoder(model):
+        stack.enter_context(fused_gelu(model))  # a parameter-free module: sharding does not touch it
+        if not sharded and not is_encoder_decoder(model):
             stack.enter_context(onednn_linears(model))
     return stack

@@ -242,8 +242,9 @@ def test_step_kernels_exclusions(model_path):
         assert not any("forward" in m.__dict__ for m in t5.modules())
     assert "forward" not in gpt2.transformer.h[0].mlp.c_fc.__dict__
     for sharded in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with step_kernels(types.SimpleNamespace(distributed_type=sharded), gpt2):
+        with step_kernels(types.SimpleNamespace(distributed_type=sharded), gpt2):  # the GELUs only
             assert not any("forward" in m.__dict__ for m in gpt2.modules())
+            assert [type(m).__name__ for m in gpt2.transformer.h[0].mlp.children()][-2] == "FusedGELU"
     wrapper = torch.compile(gpt2)  # compiled lazily: nothing runs here
     with step_kernels(plain, wrapper):
         assert is_compiled(wrapper) and not any("forward" in m.__dict__ for m in gpt2.modules())
