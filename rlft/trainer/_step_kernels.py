@@ -70,3 +70,17 @@ def step_kernels(accelerator, *models: nn.Module | None) -> contextlib.ExitStack
         if not sharded and not is_encoder_decoder(model):
             stack.enter_context(onednn_linears(model))
     return stack
+
+
+class StepKernelsMixin:
+    """For transformers-Trainer-based trainers (``class X(StepKernelsMixin, Trainer)``): transformers'
+    ``training_step`` (the forward, the backward and gradient checkpointing's recomputed forwards) inside
+    `step_kernels` for the models of `_step_models`."""
+
+    def _step_models(self, model: nn.Module) -> tuple[nn.Module | None, ...]:
+        """The models a step of ``model`` runs: the model itself; a trainer with a reference adds it."""
+        return (model,)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        with step_kernels(self.accelerator, *self._step_models(model)):
+            return super().training_step(model, inputs, num_items_in_batch)

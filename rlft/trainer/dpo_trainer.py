@@ -35,7 +35,7 @@ from ..functional.logprobs import selected_log_probs
 from ..models._peft import is_peft_model, wrap_peft
 from . import _sharding
 from ._helpers import PerModelCheck, disable_dropout_in_model, pad_token_id_or_eos
-from ._step_kernels import step_kernels
+from ._step_kernels import StepKernelsMixin, step_kernels
 from ._model_helpers import unwrap_base_model
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
@@ -67,7 +67,7 @@ class _UnsetPadding(int):
 _DEFAULT_PADDING_VALUE = _UnsetPadding(0)
 
 
-class DPOTrainer(Trainer):
+class DPOTrainer(StepKernelsMixin, Trainer):
     r"""Train a language model on (prompt, chosen, rejected) triples with a preference loss.
 
     Args:
@@ -398,7 +398,7 @@ class DPOTrainer(Trainer):
 
     def compute_reference_log_probs(self, padded_batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Reference log-probabilities (B,), (B,) of the chosen and rejected responses of one padded batch."""
-        with self.compute_loss_context_manager(), step_kernels(self.accelerator, self.model, self.ref_model):
+        with self.compute_loss_context_manager(), step_kernels(self.accelerator, *self._step_models(self.model)):
             return self._reference_logps(padded_batch)
 
     def _precompute_reference(self) -> None:
@@ -674,11 +674,9 @@ class DPOTrainer(Trainer):
         }
         return losses.mean(), metrics
 
-    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Tensor | int | None = None) -> Tensor:
-        """transformers' step with the fp32 CPU linear layers of the policy and the reference on oneDNN
-        (`step_kernels`): the policy's forward and backward and the reference's forward."""
-        with step_kernels(self.accelerator, model, self.ref_model):
-            return super().training_step(model, inputs, num_items_in_batch)
+    def _step_models(self, model: nn.Module) -> tuple[nn.Module | None, ...]:
+        """`StepKernelsMixin`: a step runs the policy and the reference (None with peft: the policy itself)."""
+        return (model, self.ref_model)
 
     def compute_loss(
         self,
@@ -713,7 +711,7 @@ class DPOTrainer(Trainer):
         if ignore_keys is None:
             ignore_keys = list(getattr(getattr(model, "config", None), "keys_to_ignore_at_inference", []) or [])
         inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager(), step_kernels(self.accelerator, model, self.ref_model):
+        with torch.no_grad(), self.compute_loss_context_manager(), step_kernels(self.accelerator, *self._step_models(model)):
             loss, metrics = self.get_batch_loss_metrics(model, inputs, train_eval="eval")
         self.store_metrics(metrics, train_eval="eval")
         if prediction_loss_only:

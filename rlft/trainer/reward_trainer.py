@@ -18,7 +18,7 @@ from ..data.reward import REWARD_COLUMNS, RewardDataCollatorWithPadding, compute
 from ..functional.reward import pairwise_reward_loss
 from ..models._peft import wrap_peft
 from ._helpers import PerModelCheck, disable_dropout_in_model, pad_with_mask
-from ._step_kernels import step_kernels
+from ._step_kernels import StepKernelsMixin, step_kernels
 from ._sharding import _zero3_partitioned, fsdp2_modules
 from ._model_helpers import unwrap_base_model
 from .reward_config import RewardConfig
@@ -27,7 +27,7 @@ from .reward_config import RewardConfig
 MARGIN_COLUMN = "margin"
 
 
-class RewardTrainer(Trainer):
+class RewardTrainer(StepKernelsMixin, Trainer):
     """Train a reward model (recommended: ``AutoModelForSequenceClassification`` with ``num_labels=1``).
 
     The dataset holds tokenised preference pairs in the columns ``input_ids_chosen``,
@@ -185,12 +185,6 @@ class RewardTrainer(Trainer):
 
     # ----------------------------------------------------------------- loss
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        """transformers' step with the fp32 CPU linear layers on oneDNN (`step_kernels`): the packed or padded
-        forwards, the backward, and gradient checkpointing's recomputed forwards (on by default here)."""
-        with step_kernels(self.accelerator, model):
-            return super().training_step(model, inputs, num_items_in_batch)
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Pairwise loss of one batch; with ``return_outputs`` also the rewards, each (B, 1).
 
@@ -324,8 +318,8 @@ def _without_dropout(model_init: Callable) -> Callable:
 
 def _peft_base(model: nn.Module) -> nn.Module:
     """The transformers model under a peft wrapper. For a model that `RewardTrainer._can_pack` accepted
-    (no DDP / DeepSpeed / compile wrapper), the same as `unwrap_base_model`, without its per-call
-    package lookups."""
+    (no DDP / DeepSpeed / compile wrapper), the same as `unwrap_base_model`: the one step of it the
+    per-step path needs (its test counts that the per-step path calls neither unwrap)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 

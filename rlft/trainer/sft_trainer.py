@@ -24,7 +24,7 @@ from ..data.sft import IGNORE_INDEX, ConstantLengthDataset, DataCollatorForCausa
 from ..extras.dataset_formatting import get_formatting_func_from_dataset
 from ..models._peft import wrap_peft
 from ._helpers import PerModelCheck
-from ._step_kernels import step_kernels
+from ._step_kernels import StepKernelsMixin, step_kernels
 from ._model_helpers import unwrap_base_model
 
 #: Cap of max_seq_length when the user gives none: min(tokenizer.model_max_length, 1024), as TRL
@@ -43,7 +43,7 @@ DATASET_KWARGS_DEFAULTS = {
 }
 
 
-class SFTTrainer(Trainer):
+class SFTTrainer(StepKernelsMixin, Trainer):
     """Supervised fine-tuning trainer (a ``transformers.Trainer``) for causal language models.
 
     Takes a text dataset and tokenises it (``packing=False``) or packs it into fixed-length
@@ -193,11 +193,6 @@ class SFTTrainer(Trainer):
             self.neftune_noise_alpha = neftune_noise_alpha
 
     # ----------------------------------------------------------------- steps
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        """transformers' step, forward and backward, with the fp32 CPU linear layers on oneDNN (`step_kernels`)."""
-        with step_kernels(self.accelerator, model):
-            return super().training_step(model, inputs, num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """transformers' evaluation step, with the fp32 CPU linear layers on oneDNN (`step_kernels`)."""
