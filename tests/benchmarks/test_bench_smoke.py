@@ -75,3 +75,16 @@ def test_matmul_peak_is_the_best_kernel_and_mfu_is_restated_per_kernel():
     row = {"workload": "ppo", "sides": {"rlft": {"mfu": 0.25}, "trl": {"mfu": 0.10}}}
     assert "matmul kernel's peak alone (200.0 GFLOP/s): ppo 50.0% / 20.0%" in compare.format_mfu_by_kernel([row], fake)
     assert compare.format_mfu_by_kernel([row], {"peak_flops": 400e9, "kernel_peaks": {"matmul": 400e9}}) == ""
+
+
+def test_profile_counts_onednn_linear_as_matmul():
+    """rlft's linear layers run as ``mkldnn::_linear_pointwise``: the profile groups it with the matmuls."""
+    from types import SimpleNamespace
+
+    events = [SimpleNamespace(key="mkldnn::_linear_pointwise", self_cpu_time_total=3e6),
+              SimpleNamespace(key="aten::mm", self_cpu_time_total=1e6),
+              SimpleNamespace(key="aten::mul", self_cpu_time_total=1e6)]
+    breakdown = worker._profile_breakdown(SimpleNamespace(key_averages=lambda: events), wall=10.0)
+    assert breakdown["categories"]["matmul"] == pytest.approx(0.4)
+    assert breakdown["categories"]["python / framework (outside ops)"] == pytest.approx(0.5)
+    assert breakdown["top_ops"][0] == ("mkldnn::_linear_pointwise", pytest.approx(0.3))
